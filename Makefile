@@ -1,0 +1,100 @@
+# Strata build. `make` builds libstrata.a, the programs and the tests into build/.
+#   CUDA=1/0   build the CUDA backend (default: 1 when nvcc is found)
+#   MPI=1/0    build with MPI (default: 1 when mpicxx is found)
+#   NATIVE=0   do not tune for this machine's CPU (for binaries that run elsewhere)
+#   DEBUG=1    -O0 -g with sanitizers off
+#   CUDA_ARCHS sm list for -gencode (default: 80 90, plus PTX for the last)
+SHELL := /bin/bash
+BUILD ?= build
+CXX ?= g++
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CUDA ?= $(if $(NVCC),1,0)
+MPICXX ?= $(shell command -v mpicxx 2>/dev/null)
+MPI ?= $(if $(MPICXX),1,0)
+NATIVE ?= 1
+DEBUG ?= 0
+CUDA_ARCHS ?= 80 90
+
+OPT := $(if $(filter 1,$(DEBUG)),-O0 -g,-O3 -DNDEBUG)
+ARCHFLAGS := $(if $(filter 1,$(NATIVE)),-march=native,-march=x86-64-v2)
+CPPFLAGS := -Iinclude -isystem /usr/include/eigen3 -MMD -MP
+CXXFLAGS := -std=c++17 $(OPT) $(ARCHFLAGS) -fopenmp -Wall -Wextra -Wno-unused-parameter -g1
+LDLIBS := -lopenblas -lyaml-cpp -lsentencepiece -lpthread -fopenmp
+
+ifeq ($(MPI),1)
+  CPPFLAGS += -DSTRATA_WITH_MPI $(shell $(MPICXX) --showme:compile 2>/dev/null)
+  LDLIBS += $(shell $(MPICXX) --showme:link 2>/dev/null)
+endif
+
+ifeq ($(CUDA),1)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+  CPPFLAGS += -DSTRATA_WITH_CUDA -isystem $(CUDA_HOME)/include
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+  GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS))
+  NVCCFLAGS := -std=c++17 $(OPT) $(GENCODE) --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall
+endif
+
+LIB_CPP := $(shell find src -name '*.cpp' -not -path 'src/apps/*' | sort)
+LIB_CU := $(if $(filter 1,$(CUDA)),$(shell find src -name '*.cu' | sort))
+LIB_OBJ := $(LIB_CPP:%.cpp=$(BUILD)/obj/%.o) $(LIB_CU:%.cu=$(BUILD)/obj/%.cu.o)
+LIB := $(BUILD)/libstrata.a
+
+# programs: src/apps/strata_train.cpp -> build/strata-train; data_tools/foo_bar.cpp -> build/foo-bar
+APP_SRC := $(wildcard src/apps/*.cpp) $(wildcard data_tools/*.cpp)
+APPS := $(foreach s,$(APP_SRC),$(BUILD)/$(subst _,-,$(basename $(notdir $(s)))))
+UNIT_SRC := $(wildcard test/unit/*.cpp)
+UNIT_TESTS := $(BUILD)/strata-unit-tests
+BENCH_SRC := $(wildcard test/bench/*.cpp)
+BENCHES := $(foreach s,$(BENCH_SRC),$(BUILD)/bench/$(basename $(notdir $(s))))
+
+.PHONY: all lib apps tests bench deps test demo clean
+all: lib apps tests bench
+lib: $(LIB)
+apps: $(APPS)
+tests: $(UNIT_TESTS)
+bench: $(BENCHES)
+
+deps:
+	@bash third_party/install_deps.sh --test
+
+# The README's test command: install what is missing, build, run every suite.
+test: deps
+	@$(MAKE) --no-print-directory all
+	@bash test/run_tests.sh $(BUILD)
+
+# The README's main-job command.
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@bash jobs/demo.sh $(BUILD)
+
+$(BUILD)/obj/%.o: %.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(filter-out -MMD -MP,$(CPPFLAGS)) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(@D)
+	@rm -f $@
+	ar rcs $@ $^
+
+define app_rule
+$(BUILD)/$(subst _,-,$(basename $(notdir $(1)))): $(BUILD)/obj/$(1:.cpp=.o) $(LIB)
+	$$(CXX) $$(CXXFLAGS) $$^ -o $$@ $$(LDLIBS)
+endef
+$(foreach s,$(APP_SRC),$(eval $(call app_rule,$(s))))
+
+$(UNIT_TESTS): $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIB)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/test/bench/%.o $(LIB)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,2 @@
+#pragma once
+#include "strata/core/tensor.h"

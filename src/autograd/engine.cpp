@@ -1,0 +1,99 @@
+// Reverse-mode execution: collect the nodes reachable from the root, then
+// apply them in decreasing tape order, summing gradients per node and into
+// leaves.
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "strata/autograd/node.h"
+#include "strata/backend/accumulate.h"
+
+namespace strata {
+
+namespace autograd {
+
+namespace {
+// A gradient may be written in place only when it owns its storage outright
+// and has no broadcast (stride-0) or gapped layout.
+bool writable(const Tensor& t) { return t.is_contiguous() && t.impl().storage.use_count() == 1; }
+
+void add_into(Tensor& slot, const Tensor& g) {
+  if (!slot.defined()) {
+    slot = g;
+  } else {
+    if (!writable(slot)) slot = slot.clone();
+    backend::accumulate_(slot, g);
+  }
+}
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad_output) {
+  STRATA_CHECK(root.requires_grad() || root.grad_fn())
+      << "backward: " << root.str() << " does not require grad (no recorded op produced it)";
+  Tensor seed = grad_output;
+  if (!seed.defined()) {
+    STRATA_CHECK(root.numel() == 1) << "backward: a gradient must be given for non-scalar output " << root.str();
+    seed = Tensor::ones(root.shape(), root.dtype(), root.device());
+  }
+  STRATA_CHECK(seed.shape() == root.shape() && seed.dtype() == root.dtype())
+      << "backward: seed gradient " << seed.str() << " does not match output " << root.str();
+  NoGradGuard no_grad;
+
+  if (!root.grad_fn()) {  // backward on a leaf
+    Tensor g = root.grad();
+    add_into(g, seed.clone());
+    root.set_grad(g);  // a leaf's gradient of itself
+    return;
+  }
+
+  // collect reachable nodes
+  std::vector<Node*> order;
+  std::unordered_set<Node*> seen;
+  std::vector<Node*> stack{root.grad_fn().get()};
+  seen.insert(stack.back());
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    order.push_back(n);
+    for (const Tensor& in : n->inputs()) {
+      if (!in.defined() || !in.grad_fn()) continue;
+      Node* m = in.grad_fn().get();
+      if (seen.insert(m).second) stack.push_back(m);
+    }
+  }
+  std::sort(order.begin(), order.end(), [](Node* a, Node* b) { return a->sequence() > b->sequence(); });
+
+  std::unordered_map<Node*, Tensor> grads;
+  grads[root.grad_fn().get()] = seed;
+  for (Node* n : order) {
+    auto it = grads.find(n);
+    if (it == grads.end()) continue;  // reachable only through inputs that need no grad
+    Tensor g = it->second;
+    grads.erase(it);
+    std::vector<Tensor> in_grads = n->apply(g);
+    for (size_t k = 0; k < in_grads.size(); ++k) {
+      const Tensor& in = n->inputs()[k];
+      const Tensor& gk = in_grads[k];
+      if (!gk.defined() || !in.defined()) continue;
+      STRATA_CHECK(gk.shape() == in.shape())
+          << "backward of '" << n->name() << "': gradient " << gk.str() << " for input " << k << " of shape "
+          << shape_str(in.shape());
+      if (in.grad_fn()) {
+        add_into(grads[in.grad_fn().get()], gk);
+      } else if (in.requires_grad()) {
+        Tensor leaf_grad = in.grad();
+        if (!leaf_grad.defined()) {
+          in.set_grad(writable(gk) ? gk : gk.clone());
+        } else {
+          backend::accumulate_(leaf_grad, gk);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace autograd
+
+void Tensor::backward(const Tensor& grad_output) const { autograd::run_backward(*this, grad_output); }
+
+}  // namespace strata
