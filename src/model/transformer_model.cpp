@@ -1,0 +1,115 @@
+#include "strata/model/transformer_model.h"
+
+#include <cmath>
+
+#include "strata/autograd/ops.h"
+
+namespace strata::model {
+
+FfnFactory dense_ffn_factory(const config::ModelOptions& o) {
+  return [o](bool, int) -> std::unique_ptr<nn::FeedForwardBlock> {
+    return std::make_unique<nn::DenseFeedForward>(o.embed_dim, o.ffn_dim, o.dropout, o.activation_dropout);
+  };
+}
+
+void DecoderState::reorder(const Tensor& order) {
+  for (auto& l : layers) l.reorder(order);
+}
+
+TransformerModel::TransformerModel(const config::ModelOptions& o, int64_t vocab_size, int64_t padding_idx,
+                                   FfnFactory ffn)
+    : opt_(o),
+      vocab_(vocab_size),
+      pad_(padding_idx),
+      embed_tokens_(vocab_size, o.embed_dim, padding_idx),
+      encoder_(o.embed_dim),
+      decoder_(o.embed_dim) {
+  STRATA_CHECK(o.share_all_embeddings)
+      << "model: share_all_embeddings: false is not supported (the joint SentencePiece vocabulary is shared)";
+  STRATA_CHECK(vocab_size > padding_idx && padding_idx >= 0)
+      << "model: vocabulary of " << vocab_size << " with padding index " << padding_idx;
+  nn::LayerOptions lo{o.embed_dim, o.attention_heads, o.dropout, o.attention_dropout};
+  for (int i = 0; i < o.encoder_layers; ++i)
+    encoder_.layers.push_back(std::make_unique<nn::EncoderLayer>(lo, ffn(false, i)));
+  for (int i = 0; i < o.decoder_layers; ++i)
+    decoder_.layers.push_back(std::make_unique<nn::DecoderLayer>(lo, ffn(true, i)));
+  encoder_.finish();
+  decoder_.finish();
+  register_module("encoder.embed_tokens", &embed_tokens_);
+  register_module("encoder", &encoder_);
+  register_module("decoder", &decoder_);
+  int64_t max_pos = std::max(o.max_source_positions, o.max_target_positions);
+  positions_ = nn::sinusoidal_table(max_pos + padding_idx + 1, o.embed_dim, padding_idx);
+}
+
+std::vector<nn::EncoderLayer*> TransformerModel::encoder_layers() {
+  std::vector<nn::EncoderLayer*> out;
+  for (auto& l : encoder_.layers) out.push_back(static_cast<nn::EncoderLayer*>(l.get()));
+  return out;
+}
+
+std::vector<nn::DecoderLayer*> TransformerModel::decoder_layers() {
+  std::vector<nn::DecoderLayer*> out;
+  for (auto& l : decoder_.layers) out.push_back(static_cast<nn::DecoderLayer*>(l.get()));
+  return out;
+}
+
+Tensor TransformerModel::embed(const Tensor& ids, int64_t max_positions, int64_t start,
+                               const nn::ForwardContext& ctx) {
+  STRATA_CHECK(ids.dim() == 2) << "model: token ids must be [batch, time], got " << ids.str();
+  STRATA_CHECK(start + ids.size(1) <= max_positions)
+      << "model: sequence of " << start + ids.size(1) << " tokens exceeds the " << max_positions
+      << " positions the model was configured for";
+  Tensor x = embed_tokens_.forward(ids) * std::sqrt(double(opt_.embed_dim));
+  Tensor pos = embedding(positions_, nn::make_positions(ids, pad_, start), -1);
+  return nn::maybe_dropout(x + pos, opt_.dropout, ctx);
+}
+
+namespace {
+Tensor padding_mask(const Tensor& ids, int64_t pad) {
+  Tensor c = ids.to(DType::I64).contiguous();
+  Tensor m = Tensor::empty(c.shape(), DType::F32);
+  const int64_t* p = c.data<int64_t>();
+  float* o = m.data<float>();
+  for (int64_t i = 0; i < c.numel(); ++i) o[i] = p[i] == pad ? 1.f : 0.f;
+  return m;
+}
+}  // namespace
+
+EncoderOutput TransformerModel::encode(const Tensor& src_ids, const nn::ForwardContext& ctx) {
+  EncoderOutput e;
+  e.pad = padding_mask(src_ids, pad_);
+  Tensor x = embed(src_ids, opt_.max_source_positions, 0, ctx);
+  for (auto* layer : encoder_layers()) x = layer->forward(x, e.pad, ctx);
+  e.out = encoder_.layer_norm.forward(x);
+  return e;
+}
+
+Tensor TransformerModel::decoder_body(const Tensor& x_in, const EncoderOutput& enc, const Tensor& tgt_pad,
+                                      const nn::ForwardContext& ctx, DecoderState* state) {
+  Tensor x = x_in;
+  auto layers = decoder_layers();
+  for (size_t i = 0; i < layers.size(); ++i)
+    x = layers[i]->forward(x, enc.out, enc.pad, tgt_pad, ctx, state ? &state->layers[i] : nullptr);
+  x = decoder_.layer_norm.forward(x);
+  const int64_t B = x.size(0), T = x.size(1), d = x.size(2);
+  Tensor logits = linear(reshape(x, {B * T, d}), embed_tokens_.weight(), Tensor());
+  return reshape(logits, {B, T, vocab_});
+}
+
+Tensor TransformerModel::decode(const Tensor& prev_ids, const EncoderOutput& enc, const nn::ForwardContext& ctx) {
+  Tensor x = embed(prev_ids, opt_.max_target_positions, 0, ctx);
+  return decoder_body(x, enc, padding_mask(prev_ids, pad_), ctx, nullptr);
+}
+
+Tensor TransformerModel::decode_step(const Tensor& last_ids, const EncoderOutput& enc, DecoderState& state,
+                                     const nn::ForwardContext& ctx) {
+  STRATA_CHECK(last_ids.dim() == 2 && last_ids.size(1) == 1)
+      << "decode_step: expects one token per sentence [batch, 1], got " << last_ids.str();
+  if (state.layers.empty()) state.layers.resize(decoder_.layers.size());
+  Tensor x = embed(last_ids, opt_.max_target_positions, state.steps, ctx);
+  ++state.steps;
+  return decoder_body(x, enc, Tensor(), ctx, &state);
+}
+
+}  // namespace strata::model
