@@ -483,7 +483,7 @@ TEST_CASE("Language pairs split on the dash that leaves two known languages", "[
   CHECK(parse_lang_pairs(d) == std::vector<std::pair<std::string, std::string>>{{"eng", "nso"}});
 }
 
-TEST_CASE("Training rules: precision on CPU, BLEU-based best checkpoints, save intervals", "[config]") {
+TEST_CASE("Training rules: precision on CPU, BLEU-based best checkpoints, independent save intervals", "[config]") {
   REQUIRE_THROWS_WITH(from("device: cpu\nprecision: bf16\n"),
                       "config.yaml: precision 'bf16' needs device cuda (the CPU trains in fp32)");
   REQUIRE_NOTHROW(from("device: cuda\nprecision: fp16\n"));
@@ -493,9 +493,8 @@ TEST_CASE("Training rules: precision on CPU, BLEU-based best checkpoints, save i
   Config bleu = from("best_checkpoint_metric: bleu\n");
   CHECK(bleu.train.maximize_best_metric());
   CHECK_FALSE(from("best_checkpoint_metric: nll\n").train.maximize_best_metric());
-  REQUIRE_THROWS_WITH(from("save_interval_updates: 300\nvalidate_interval_updates: 200\n"),
-                      "config.yaml: save_interval_updates 300 is not a multiple of validate_interval_updates 200");
-  REQUIRE_NOTHROW(from("save_interval_updates: 1000\nvalidate_interval_updates: 250\n"));
+  // saving and validating are independent (frequent preemption-safe saves)
+  REQUIRE_NOTHROW(from("save_interval_updates: 300\nvalidate_interval_updates: 200\n"));
 }
 
 TEST_CASE("Decoding rules: nbest within the beam, greedy gives one hypothesis", "[config]") {
