@@ -79,7 +79,8 @@ $(BUILD)/obj/%.cu.o: %.cu
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "ar $@"
+	@ar rcs $@ $^
 
 define app_rule
 $(BUILD)/$(subst _,-,$(basename $(notdir $(1)))): $(BUILD)/obj/$(1:.cpp=.o) $(LIB)

@@ -8,7 +8,8 @@ namespace strata::model {
 
 FfnFactory dense_ffn_factory(const config::ModelOptions& o) {
   return [o](bool, int) -> std::unique_ptr<nn::FeedForwardBlock> {
-    return std::make_unique<nn::DenseFeedForward>(o.embed_dim, o.ffn_dim, o.dropout, o.activation_dropout);
+    return std::make_unique<nn::DenseFeedForward>(o.embed_dim, o.ffn_dim, o.dropout, o.activation_dropout,
+                                                  o.layernorm_eps);
   };
 }
 
@@ -22,13 +23,13 @@ TransformerModel::TransformerModel(const config::ModelOptions& o, int64_t vocab_
       vocab_(vocab_size),
       pad_(padding_idx),
       embed_tokens_(vocab_size, o.embed_dim, padding_idx),
-      encoder_(o.embed_dim),
-      decoder_(o.embed_dim) {
+      encoder_(o.embed_dim, o.layernorm_eps),
+      decoder_(o.embed_dim, o.layernorm_eps) {
   STRATA_CHECK(o.share_all_embeddings)
       << "model: share_all_embeddings: false is not supported (the joint SentencePiece vocabulary is shared)";
   STRATA_CHECK(vocab_size > padding_idx && padding_idx >= 0)
       << "model: vocabulary of " << vocab_size << " with padding index " << padding_idx;
-  nn::LayerOptions lo{o.embed_dim, o.attention_heads, o.dropout, o.attention_dropout};
+  nn::LayerOptions lo{o.embed_dim, o.attention_heads, o.dropout, o.attention_dropout, o.layernorm_eps};
   for (int i = 0; i < o.encoder_layers; ++i)
     encoder_.layers.push_back(std::make_unique<nn::EncoderLayer>(lo, ffn(false, i)));
   for (int i = 0; i < o.decoder_layers; ++i)

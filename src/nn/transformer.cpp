@@ -9,8 +9,9 @@ Tensor maybe_dropout(const Tensor& x, double p, const ForwardContext& ctx) {
   return dropout(x, p, ctx.next_stream(), true);
 }
 
-DenseFeedForward::DenseFeedForward(int64_t dim, int64_t ffn_dim, double dropout, double activation_dropout)
-    : dropout_(dropout), activation_dropout_(activation_dropout), final_layer_norm_(dim), fc1_(dim, ffn_dim),
+DenseFeedForward::DenseFeedForward(int64_t dim, int64_t ffn_dim, double dropout, double activation_dropout,
+                                   double layernorm_eps)
+    : dropout_(dropout), activation_dropout_(activation_dropout), final_layer_norm_(dim, layernorm_eps), fc1_(dim, ffn_dim),
       fc2_(ffn_dim, dim) {
   register_module("final_layer_norm", &final_layer_norm_);
   register_module("fc1", &fc1_);
@@ -27,7 +28,7 @@ Tensor DenseFeedForward::forward(const Tensor& x, const Tensor& pad, const Forwa
 EncoderLayer::EncoderLayer(const LayerOptions& o, std::unique_ptr<FeedForwardBlock> ffn)
     : dropout_(o.dropout),
       self_attn_(o.dim, o.heads, o.attention_dropout),
-      self_attn_layer_norm_(o.dim),
+      self_attn_layer_norm_(o.dim, o.layernorm_eps),
       ffn_(std::move(ffn)) {
   register_module("self_attn", &self_attn_);
   register_module("self_attn_layer_norm", &self_attn_layer_norm_);
@@ -44,9 +45,9 @@ Tensor EncoderLayer::forward(const Tensor& x, const Tensor& pad, const ForwardCo
 DecoderLayer::DecoderLayer(const LayerOptions& o, std::unique_ptr<FeedForwardBlock> ffn)
     : dropout_(o.dropout),
       self_attn_(o.dim, o.heads, o.attention_dropout),
-      self_attn_layer_norm_(o.dim),
+      self_attn_layer_norm_(o.dim, o.layernorm_eps),
       encoder_attn_(o.dim, o.heads, o.attention_dropout),
-      encoder_attn_layer_norm_(o.dim),
+      encoder_attn_layer_norm_(o.dim, o.layernorm_eps),
       ffn_(std::move(ffn)) {
   register_module("self_attn", &self_attn_);
   register_module("self_attn_layer_norm", &self_attn_layer_norm_);

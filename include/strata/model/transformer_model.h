@@ -63,7 +63,7 @@ class TransformerModel : public nn::Module {
   struct Stack : nn::Module {
     std::vector<std::unique_ptr<nn::Module>> layers;
     nn::LayerNorm layer_norm;
-    explicit Stack(int64_t dim) : layer_norm(dim) {}
+    Stack(int64_t dim, double eps) : layer_norm(dim, eps) {}
     void finish() {
       for (size_t i = 0; i < layers.size(); ++i) register_module("layers." + std::to_string(i), layers[i].get());
       register_module("layer_norm", &layer_norm);

@@ -21,7 +21,8 @@ class FeedForwardBlock : public Module {
 // LN -> fc1 -> ReLU -> activation dropout -> fc2 -> dropout -> + residual.
 class DenseFeedForward : public FeedForwardBlock {
  public:
-  DenseFeedForward(int64_t dim, int64_t ffn_dim, double dropout, double activation_dropout);
+  DenseFeedForward(int64_t dim, int64_t ffn_dim, double dropout, double activation_dropout,
+                   double layernorm_eps = 1e-5);
   Tensor forward(const Tensor& x, const Tensor& pad, const ForwardContext& ctx) override;
 
  private:
@@ -38,6 +39,7 @@ struct LayerOptions {
   int64_t heads = 8;
   double dropout = 0.1;
   double attention_dropout = 0.0;
+  double layernorm_eps = 1e-5;
 };
 
 class EncoderLayer : public Module {
