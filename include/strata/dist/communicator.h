@@ -1,0 +1,63 @@
+// Collective communication between the processes of a job. The same layer
+// code runs on one process (LocalCommunicator) and on N (MpiCommunicator on
+// CPU buffers; NcclCommunicator on GPU buffers), so MoE dispatch, gradient
+// all-reduce and the SMoE pass loop are written once against this interface.
+//
+// Rules every implementation and caller keeps (docs/distributed.md):
+// - every rank of a communicator makes the same calls in the same order;
+// - buffer sizes are agreed (all-reduced) before a collective whose shape
+//   depends on local data, so no rank waits for a message that never comes;
+// - a failure on any rank ends the whole job with an error naming the rank.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "strata/core/tensor.h"
+
+namespace strata::dist {
+
+enum class ReduceOp { Sum, Max, Min };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // e.g. "mpi world", "local", "mpi expert group 1"
+  virtual std::string name() const = 0;
+
+  // In place over a contiguous f32/f64/i32/i64 tensor.
+  virtual void all_reduce(const Tensor& t, ReduceOp op) = 0;
+  // Convenience for counters and statistics.
+  virtual double all_reduce_scalar(double v, ReduceOp op) = 0;
+  virtual int64_t all_reduce_int(int64_t v, ReduceOp op) = 0;
+  // send [size * chunk, ...] (contiguous): rows [r*chunk, (r+1)*chunk) go to
+  // rank r; recv (same shape) receives rank r's chunk at rows [r*chunk, ...).
+  virtual void all_to_all(const Tensor& send, const Tensor& recv) = 0;
+  // recv [size * n, ...] holds every rank's send [n, ...] in rank order.
+  virtual void all_gather(const Tensor& send, const Tensor& recv) = 0;
+  virtual void broadcast(const Tensor& t, int root) = 0;
+  virtual void barrier() = 0;
+  // A sub-communicator of the ranks passing the same color, ordered by key
+  // (every rank of this communicator must call it).
+  virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
+};
+
+// World size 1: collectives are copies or no-ops.
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string name() const override { return "local"; }
+  void all_reduce(const Tensor&, ReduceOp) override {}
+  double all_reduce_scalar(double v, ReduceOp) override { return v; }
+  int64_t all_reduce_int(int64_t v, ReduceOp) override { return v; }
+  void all_to_all(const Tensor& send, const Tensor& recv) override;
+  void all_gather(const Tensor& send, const Tensor& recv) override;
+  void broadcast(const Tensor&, int) override {}
+  void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<LocalCommunicator>(); }
+};
+
+}  // namespace strata::dist
