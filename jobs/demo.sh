@@ -15,6 +15,8 @@ MINUTES=${DEMO_MINUTES:-15}
 LANGS=${DEMO_LANGS:-de,fr,it,nl}
 NTEST=${DEMO_TEST_SENTENCES:-300}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+# idle OpenMP threads sleep rather than spin: robust when the cores are shared
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 mkdir -p "$DIR"
 step() { echo; echo "=== $*"; }
 
@@ -49,7 +51,7 @@ step "4/5 train (CPU, ${MINUTES} minutes; progress every 50 updates)"
 "$BUILD/strata-train" "$ROOT/jobs/configs/demo.yaml" \
   --set data.data_dir="$DIR/bin" --set data.langs="en,$LANGS" --set data.lang_pairs="$PAIRS" \
   --set data.valid_subset=dev --set train.save_dir="$DIR/checkpoints" \
-  --set train.max_time_minutes="$MINUTES" | grep -v '^  \|^[a-z]*:$\|^#'
+  --set train.max_time_minutes="$MINUTES" | grep --line-buffered -v '^  \|^[a-z]*:$\|^#'
 
 step "5/5 translate the test split of every direction (beam 5) and score it"
 mkdir -p "$DIR/test"
