@@ -8,7 +8,10 @@
 #   2. the reference to agree with Strata on the dumped batch (rtol 1e-4),
 #   3. the reference to FAIL when one piece of its math is deliberately changed
 #      (negative controls: separate runs for a few perturbations, then all of
-#      them in one process), which proves the comparison can see such changes.
+#      them in one process), which proves the comparison can see such changes,
+#   4. the same for MoE models (SMoE 2-2 with either residual form, stratified
+#      Switch, top-2 with EOM, CMR), each trained for 20 updates from
+#      jobs/configs/tiny_smoe.yaml, with their MoE-specific perturbations.
 # Usage: test/e2e/reference_check.sh [BUILD_DIR]
 set -uo pipefail
 BUILD=${1:-build}
@@ -109,6 +112,35 @@ done
 "$PY" "$REF" --checkpoint "$CK" --batch "$TMP/dump" --sensitivity 2>&1 | sed 's/^/  /'
 rc=${PIPESTATUS[0]}
 if [[ $rc -eq 0 ]]; then ok "every perturbation is detected"; else bad "every perturbation is detected (exit $rc)"; fi
+
+# 4. MoE models: the reference's own MoE blocks (moe_reference.py: dense one-hot
+# dispatch/combine, Philox Gumbel noise) against Strata's on freshly trained
+# tiny models, scored at the reference's validation capacity 0.25 so capacity
+# dropping, slot order and renormalisation are exercised; then every MoE
+# perturbation that applies to the model must be detected.
+MOE_SET=(--set moe.eval_capacity_token_fraction=0.25)
+moe_case() {  # NAME TRAIN_OVERRIDES...
+  local name=$1
+  shift
+  step "strata-train ($name, 20 updates of jobs/configs/tiny_smoe.yaml)" "$TMP/train_$name.log" \
+    "$BUILD/strata-train" jobs/configs/tiny_smoe.yaml --set data.data_dir="$TMP/data" --set data.lang_pairs=en-de,de-en \
+    --set data.valid_subset=dev --set train.save_dir="$TMP/ck_$name" --set train.max_update=20 \
+    --set train.validate_interval_updates=20 --set train.save_interval_updates=20 --set train.valid_bleu_sentences=0 "$@"
+  local ck="$TMP/ck_$name/checkpoint_last"
+  step "strata-score --dump-batch ($name)" "$TMP/score_$name.log" \
+    "$BUILD/strata-score" "$ck" --dump-batch "$TMP/dump_$name" "${MOE_SET[@]}"
+  "$PY" "$REF" --checkpoint "$ck" --batch "$TMP/dump_$name" "${MOE_SET[@]}" 2>&1 | sed 's/^/  /'
+  local rc=${PIPESTATUS[0]}
+  if [[ $rc -eq 0 ]]; then ok "the PyTorch reference agrees with Strata ($name)"; else bad "the PyTorch reference agrees with Strata ($name, exit $rc)"; fi
+  "$PY" "$REF" --checkpoint "$ck" --batch "$TMP/dump_$name" "${MOE_SET[@]}" --sensitivity 2>&1 | grep -E 'moe_|cmr_|OK|FAIL' | sed 's/^/  /'
+  rc=${PIPESTATUS[0]}
+  if [[ $rc -eq 0 ]]; then ok "every applicable perturbation is detected ($name)"; else bad "every applicable perturbation is detected ($name, exit $rc)"; fi
+}
+moe_case smoe-2-2                                           # SMoE, hmoe LNs, code residual, Gumbel second expert
+moe_case smoe-paper-residual --set moe.smoe_residual=paper
+moe_case switch-3-1 --set moe.top1=true --set moe.strata=3,1  # top-1 gates, stratified
+moe_case eom --set moe.moe_type=eom --set moe.strata=4        # top-2 MoE with expert output masking
+moe_case cmr --set moe.moe_type=cmr --set moe.strata=4        # CMR: shared FFN + MoE, no hmoe LNs
 
 # strata-score refuses a directory that holds no checkpoint, naming it.
 if out=$("$BUILD/strata-score" "$TMP/tsv" 2>&1); then

@@ -7,16 +7,18 @@ recomputes the label-smoothed loss and the NLL of that batch with dropout off,
 in float64 and in float32, and compares them with Strata's numbers.
 
 The model is written from the published math (fairseq's pre-norm transformer
-with --share-all-embeddings, sinusoidal positions, ReLU FFN), not from Strata's
-C++: see README.md in this directory for the equations.
+with --share-all-embeddings, sinusoidal positions, ReLU FFN; MoE, SMoE, EOM and
+CMR blocks in moe_reference.py from docs/smoe_spec.md), not from Strata's C++:
+see README.md in this directory for the equations.
 
 Exit status: 0 the numbers agree within --rtol; 1 they do not (the message
 says which and by how much); 2 the inputs are unusable or unsupported.
 
 --perturb NAME deliberately changes one piece of the math (the e2e test uses it
 to prove the comparison is sensitive: with any perturbation the check must
-fail); --sensitivity tries them all in one process; --list-perturbations
-prints them.
+fail); --sensitivity tries all that apply to the checkpoint's model in one
+process; --list-perturbations prints them. --set section.key=value overrides
+the checkpoint's config as strata-score --set does.
 """
 import argparse
 import json
@@ -32,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from moe_reference import MOE_PERTURBATIONS, MoEFFN, moe_settings, philox_self_test
+
 PERTURBATIONS = {
     "attention_scale": "scale attention scores by 1/sqrt(embed_dim) instead of 1/sqrt(head_dim)",
     "ln_eps": "LayerNorm epsilon 1e-2 instead of the configured one",
@@ -46,6 +50,15 @@ PERTURBATIONS = {
     "head_split": "split heads as [dh, H] instead of [H, dh]",
     "smoothing_form": "use the other label-smoothing form (moe <-> fairseq)",
 }
+PERTURBATIONS.update({name: desc for name, (desc, _) in MOE_PERTURBATIONS.items()})
+DENSE_PERTURBATIONS = [n for n in PERTURBATIONS if n not in MOE_PERTURBATIONS]
+
+
+def applicable_perturbations(cfg):
+    """Every dense perturbation, plus the MoE ones this checkpoint's blocks exercise."""
+    settings = moe_settings(cfg)
+    return sorted(DENSE_PERTURBATIONS + [n for n, (_, applies) in MOE_PERTURBATIONS.items()
+                                         if settings["experts"] > 0 and applies(settings)])
 
 
 class InputError(Exception):
@@ -231,8 +244,9 @@ class DenseFFN(nn.Module):
 
 
 def make_ffn(cfg, decoder, layer, perturb):
-    """The FFN block of one layer. MoE blocks go here: moe.experts > 0 puts one in
-    every layer with (layer + 1) % moe_freq == 0 (encoder_/decoder_moe_freq override)."""
+    """The FFN block of one layer: an MoE block (moe_reference.MoEFFN) in every
+    layer with (layer + 1) % moe_freq == 0 when moe.experts > 0
+    (encoder_/decoder_moe_freq override moe_freq), the dense FFN elsewhere."""
     m, moe = cfg["model"], cfg.get("moe", {}) or {}
     experts = int(moe.get("experts", 0) or 0)
     if experts > 0:
@@ -240,8 +254,11 @@ def make_ffn(cfg, decoder, layer, perturb):
         if freq < 0:
             freq = int(moe.get("moe_freq", 2))
         if freq > 0 and (layer + 1) % freq == 0:
-            raise InputError(f"{'decoder' if decoder else 'encoder'} layer {layer} is an MoE block "
-                             f"(experts: {experts}); the reference implements dense models only so far")
+            act = lambda h: F.gelu(h) if perturb("activation") else F.relu(h)  # noqa: E731
+            try:
+                return MoEFFN(cfg, decoder, layer, ln_eps(cfg, perturb), perturb, act)
+            except ValueError as e:
+                raise InputError(f"{'decoder' if decoder else 'encoder'} layer {layer}: {e}")
     return DenseFFN(m["embed_dim"], m["ffn_dim"], ln_eps(cfg, perturb), perturb)
 
 
@@ -488,11 +505,12 @@ def run_check(inp, perturb_name, rtol, out=print):
 
 
 def sensitivity(inp, rtol):
-    """The unperturbed check must pass and every perturbation must fail."""
+    """The unperturbed check must pass and every applicable perturbation must fail."""
     bad = []
     if run_check(inp, None, rtol, out=lambda s: None):
         bad.append("the unperturbed check fails")
-    for name in sorted(PERTURBATIONS):
+    names = applicable_perturbations(inp["cfg"])
+    for name in names:
         lines = []
         detected = bool(run_check(inp, name, rtol, out=lines.append))
         worst = [l for l in lines if l.startswith("  reference f64")]
@@ -502,8 +520,22 @@ def sensitivity(inp, rtol):
     for b in bad:
         print(f"SENSITIVITY FAILURE: {b}")
     if not bad:
-        print(f"OK: all {len(PERTURBATIONS)} perturbations detected at rtol {rtol:.0e}")
+        print(f"OK: all {len(names)} applicable perturbations detected at rtol {rtol:.0e}")
     return 1 if bad else 0
+
+
+def apply_overrides(cfg, overrides):
+    """--set section.key=value, as strata-score --set applies it to the checkpoint's config."""
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise InputError(f"--set {item}: expected section.key=value")
+        value = value.strip()
+        if "," in value and not value.startswith("["):
+            value = "[" + value + "]"
+        cfg.setdefault(section, {})[name] = _scalar(value)
+    return cfg
 
 
 def main(argv):
@@ -515,6 +547,8 @@ def main(argv):
     ap.add_argument("--sensitivity", action="store_true",
                     help="run every perturbation; exit 0 only when the plain check passes and each one fails")
     ap.add_argument("--list-perturbations", action="store_true")
+    ap.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="override a config value (pass what strata-score got with --set)")
     args = ap.parse_args(argv)
     if args.list_perturbations:
         for k in sorted(PERTURBATIONS):
@@ -523,7 +557,12 @@ def main(argv):
     if not args.checkpoint or not args.batch:
         ap.error("--checkpoint and --batch are required")
     torch.set_num_threads(1)  # the ops are tiny: more threads only add synchronisation (10x slower on a busy machine)
+    if not philox_self_test():
+        raise InputError("the Philox implementation fails its known-answer test")
     inp = load_inputs(args.checkpoint, args.batch)
+    apply_overrides(inp["cfg"], args.set)
+    if args.perturb and args.perturb not in applicable_perturbations(inp["cfg"]):
+        raise InputError(f"perturbation {args.perturb} does not apply to this checkpoint's model")
     if args.sensitivity:
         return sensitivity(inp, args.rtol)
     return 1 if run_check(inp, args.perturb, args.rtol) else 0

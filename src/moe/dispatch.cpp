@@ -1,0 +1,216 @@
+// Row gathers/scatters of the MoE layer. Each op parallelises over the rows
+// it writes, so no two threads add into the same row: dispatch's backward
+// walks token rows (each sums its own <= k slots), combine's backward walks
+// slots (each slot belongs to exactly one token choice).
+#include "strata/moe/dispatch.h"
+
+#include <cstring>
+
+#include "strata/autograd/node.h"
+#include "strata/core/dispatch.h"
+#include "strata/core/strided.h"
+#include "strata/moe/profile.h"
+
+namespace strata::moe {
+
+using autograd::record;
+
+namespace {
+
+// Adds the time since `start` to a profile counter when profiling is on.
+struct Timed {
+  double* counter;
+  double start;
+  explicit Timed(double* c) : counter(profile().enabled ? c : nullptr), start(counter ? profile_clock() : 0) {}
+  ~Timed() {
+    if (counter) *counter += profile_clock() - start;
+  }
+};
+
+void check_rows(const Tensor& t, const char* op, const char* what) {
+  STRATA_CHECK(t.device().is_cpu()) << op << ": " << what << " " << t.str() << " needs the CUDA backend";
+  STRATA_CHECK(t.dim() == 2) << op << ": " << what << " must be [rows, dim], got " << t.str();
+}
+
+// out[s] = x[src(s) / k] for every filled slot (x contiguous [rows, d]).
+Tensor gather_to_slots(const Tensor& x, const SlotMap& m) {
+  const int64_t d = x.size(1);
+  Tensor out = Tensor::zeros({m.slots, d}, x.dtype());
+  dispatch_float(x.dtype(), "moe dispatch", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* xp = x.data<T>();
+    T* op = out.data<T>();
+#pragma omp parallel for schedule(static) if (m.slots * d >= kParallelGrain)
+    for (int64_t s = 0; s < m.slots; ++s) {
+      const int64_t src = m.slot_src[size_t(s)];
+      if (src >= 0) std::memcpy(op + s * d, xp + (src / m.k) * d, size_t(d) * sizeof(T));
+    }
+  });
+  return out;
+}
+
+// dx[r] = sum_j g[slot(r, j)] (g contiguous [slots, d]).
+Tensor sum_slots_to_rows(const Tensor& g, const SlotMap& m) {
+  const int64_t d = g.size(1);
+  Tensor dx = Tensor::zeros({m.rows, d}, g.dtype());
+  dispatch_float(g.dtype(), "moe dispatch backward", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* gp = g.data<T>();
+    T* dp = dx.data<T>();
+#pragma omp parallel for schedule(static) if (m.rows * d >= kParallelGrain)
+    for (int64_t r = 0; r < m.rows; ++r) {
+      T* row = dp + r * d;
+      for (int64_t j = 0; j < m.k; ++j) {
+        const int64_t s = m.row_slot[size_t(r * m.k + j)];
+        if (s < 0) continue;
+        const T* src = gp + s * d;
+        for (int64_t c = 0; c < d; ++c) row[c] += src[c];
+      }
+    }
+  });
+  return dx;
+}
+
+}  // namespace
+
+Tensor dispatch_rows(const Tensor& x, std::shared_ptr<const SlotMap> map) {
+  check_rows(x, "moe dispatch", "input");
+  STRATA_CHECK(x.size(0) == map->rows) << "moe dispatch: input " << x.str() << " for a slot map of " << map->rows
+                                        << " rows";
+  Timed t(&profile().dispatch_fwd);
+  Tensor xc = x.detach().contiguous();
+  Tensor y = gather_to_slots(xc, *map);
+  return record("moe_dispatch", y, {x}, [map](const Tensor& g) -> std::vector<Tensor> {
+    Timed tb(&profile().dispatch_bwd);
+    return {sum_slots_to_rows(g.contiguous(), *map)};
+  });
+}
+
+Tensor combine_rows(const Tensor& y, const Tensor& weights, std::shared_ptr<const SlotMap> map) {
+  check_rows(y, "moe combine", "expert output");
+  check_rows(weights, "moe combine", "weights");
+  STRATA_CHECK(y.size(0) == map->slots) << "moe combine: expert output " << y.str() << " for " << map->slots
+                                         << " slots";
+  STRATA_CHECK(weights.size(0) == map->rows && weights.size(1) == map->k)
+      << "moe combine: weights " << weights.str() << " for " << map->rows << " rows x " << map->k << " choices";
+  STRATA_CHECK(weights.dtype() == y.dtype()) << "moe combine: weights " << weights.str() << " and expert output "
+                                              << y.str() << " differ in dtype";
+  Timed t(&profile().combine_fwd);
+  Tensor yc = y.detach().contiguous(), wc = weights.detach().contiguous();
+  const int64_t d = y.size(1), rows = map->rows, k = map->k;
+  Tensor out = Tensor::zeros({rows, d}, y.dtype());
+  dispatch_float(y.dtype(), "moe combine", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* yp = yc.data<T>();
+    const T* wp = wc.data<T>();
+    T* op = out.data<T>();
+#pragma omp parallel for schedule(static) if (rows * d >= kParallelGrain)
+    for (int64_t r = 0; r < rows; ++r) {
+      T* o = op + r * d;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t s = map->row_slot[size_t(r * k + j)];
+        if (s < 0) continue;
+        const T w = wp[r * k + j];
+        const T* src = yp + s * d;
+        for (int64_t c = 0; c < d; ++c) o[c] += w * src[c];
+      }
+    }
+  });
+  return record("moe_combine", out, {y, weights}, [map, yc, wc](const Tensor& gin) -> std::vector<Tensor> {
+    Timed tb(&profile().combine_bwd);
+    Tensor g = gin.contiguous();
+    const int64_t d = yc.size(1), rows = map->rows, k = map->k;
+    Tensor dy = Tensor::zeros(yc.shape(), yc.dtype());
+    Tensor dw = Tensor::zeros(wc.shape(), wc.dtype());
+    dispatch_float(yc.dtype(), "moe combine backward", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      const T* gp = g.data<T>();
+      const T* yp = yc.data<T>();
+      const T* wp = wc.data<T>();
+      T* dyp = dy.data<T>();
+      T* dwp = dw.data<T>();
+      const int64_t slots = map->slots;
+#pragma omp parallel for schedule(static) if (slots * d >= kParallelGrain)
+      for (int64_t s = 0; s < slots; ++s) {
+        const int64_t src = map->slot_src[size_t(s)];
+        if (src < 0) continue;
+        const T w = wp[src];
+        const T* gr = gp + (src / k) * d;
+        T* o = dyp + s * d;
+        for (int64_t c = 0; c < d; ++c) o[c] = w * gr[c];
+      }
+#pragma omp parallel for schedule(static) if (rows * d >= kParallelGrain)
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* gr = gp + r * d;
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t s = map->row_slot[size_t(r * k + j)];
+          if (s < 0) continue;
+          const T* ys = yp + s * d;
+          T acc = 0;
+          for (int64_t c = 0; c < d; ++c) acc += gr[c] * ys[c];
+          dwp[r * k + j] = acc;
+        }
+      }
+    });
+    return {dy, dw};
+  });
+}
+
+Tensor all_to_all_rows(const Tensor& x, dist::Communicator& comm) {
+  Timed t(&profile().exchange_fwd);
+  Tensor send = x.detach().contiguous();
+  Tensor recv = Tensor::empty(send.shape(), send.dtype());
+  comm.all_to_all(send, recv);
+  dist::Communicator* c = &comm;
+  return record("moe_all_to_all", recv, {x}, [c](const Tensor& g) -> std::vector<Tensor> {
+    Timed tb(&profile().exchange_bwd);
+    Tensor gs = g.contiguous();
+    Tensor back = Tensor::empty(gs.shape(), gs.dtype());
+    c->all_to_all(gs, back);
+    return {back};
+  });
+}
+
+Tensor replace_rows(const Tensor& base, const std::vector<int64_t>& rows, const Tensor& values) {
+  check_rows(base, "moe replace_rows", "base");
+  check_rows(values, "moe replace_rows", "values");
+  STRATA_CHECK(values.size(0) == int64_t(rows.size()) && values.size(1) == base.size(1) &&
+               values.dtype() == base.dtype())
+      << "moe replace_rows: values " << values.str() << " for " << rows.size() << " rows of " << base.str();
+  Timed t(&profile().rows_fwd);
+  const int64_t N = base.size(0), d = base.size(1);
+  std::vector<uint8_t> seen(size_t(N), 0);
+  for (int64_t r : rows) {
+    STRATA_CHECK(r >= 0 && r < N) << "moe replace_rows: row " << r << " outside " << base.str();
+    STRATA_CHECK(!seen[size_t(r)]) << "moe replace_rows: row " << r << " given twice";
+    seen[size_t(r)] = 1;
+  }
+  Tensor out = base.detach().clone();
+  Tensor vc = values.detach().contiguous();
+  dispatch_float(base.dtype(), "moe replace_rows", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* op = out.data<T>();
+    const T* vp = vc.data<T>();
+    for (size_t i = 0; i < rows.size(); ++i) std::memcpy(op + rows[i] * d, vp + int64_t(i) * d, size_t(d) * sizeof(T));
+  });
+  auto idx = std::make_shared<const std::vector<int64_t>>(rows);
+  return record("moe_replace_rows", out, {base, values}, [idx, N, d](const Tensor& gin) -> std::vector<Tensor> {
+    Timed tb(&profile().rows_bwd);
+    Tensor g = gin.contiguous();
+    Tensor gbase = g.clone();
+    Tensor gval = Tensor::empty({int64_t(idx->size()), d}, g.dtype());
+    dispatch_float(g.dtype(), "moe replace_rows backward", [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      T* gb = gbase.data<T>();
+      T* gv = gval.data<T>();
+      for (size_t i = 0; i < idx->size(); ++i) {
+        const int64_t r = (*idx)[i];
+        std::memcpy(gv + int64_t(i) * d, gb + r * d, size_t(d) * sizeof(T));
+        std::memset(gb + r * d, 0, size_t(d) * sizeof(T));
+      }
+    });
+    return {gbase, gval};
+  });
+}
+
+}  // namespace strata::moe

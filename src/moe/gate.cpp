@@ -1,0 +1,118 @@
+#include "strata/moe/gate.h"
+
+#include <cmath>
+#include <limits>
+
+#include "strata/autograd/ops.h"
+#include "strata/core/dispatch.h"
+
+namespace strata::moe {
+
+Tensor combine_weights(const Tensor& g1, const Tensor& g2, const Tensor& keep1, const Tensor& keep2, bool top1,
+                       bool normalize_before_dropping) {
+  if (top1) return g1 * keep1;  // Switch: the raw probability, no renormalisation
+  const double eps = g1.dtype() == DType::F64 ? std::numeric_limits<double>::epsilon()
+                                              : double(std::numeric_limits<float>::epsilon());
+  const double inf = std::numeric_limits<double>::infinity();
+  Tensor a, b;
+  if (normalize_before_dropping) {
+    Tensor denom = clamp(g1 + g2, eps, inf);
+    a = g1 / denom * keep1;
+    b = g2 / denom * keep2;
+  } else {
+    a = g1 * keep1;
+    b = g2 * keep2;
+    Tensor denom = clamp(a + b, eps, inf);
+    a = a / denom;
+    b = b / denom;
+  }
+  return concat({a, b}, 1);
+}
+
+namespace {
+Tensor column(const std::vector<double>& v, DType dt) {
+  return Tensor::from_vector(v, {int64_t(v.size()), 1}).to(dt);
+}
+}  // namespace
+
+GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t capacity, const GateOptions& opt,
+                        const uint8_t* pad_rows, const PhiloxStream* noise) {
+  STRATA_CHECK(z.dim() == 2 && wg.dim() == 2 && z.size(1) == wg.size(1))
+      << "moe gate: input " << z.str() << " and gate weight " << wg.str() << " do not fit";
+  const int64_t n = z.size(0), V = wg.size(0);
+  STRATA_CHECK(S >= n) << "moe gate: " << n << " rows in a buffer of " << S;
+  const DType gt = z.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const int k = opt.top1 ? 1 : 2;
+  GateOutput out;
+  out.routing.experts = V;
+  out.routing.capacity = capacity;
+  out.routing.k = k;
+  out.routing.first_count.assign(size_t(V), 0);
+  if (n == 0) {  // this rank has no tokens at the stratum: all-padding buffer, L_s = 0
+    out.weights = Tensor::zeros({0, k}, gt);
+    out.balance = Tensor::scalar(0.0, gt);
+    if (opt.z_loss) out.z_loss = Tensor::scalar(0.0, gt);
+    return out;
+  }
+  Tensor logits = linear(cast(z, gt), cast(wg, gt));  // [n, V]
+  out.probs = softmax(logits, 1);
+  Tensor pd = out.probs.detach().contiguous(), ld = logits.detach().contiguous();
+  const RouteOptions ro{opt.top1, opt.policy, opt.normalize_before_dropping};
+  dispatch_float(gt, "moe gate", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    out.routing = route<T>(pd.data<T>(), ld.data<T>(), n, V, capacity, ro, noise);
+  });
+  const Routing& r = out.routing;
+
+  // Combine weights: the probabilities of the chosen experts, gathered.
+  const size_t rows = size_t(n);
+  std::vector<int64_t> i1(rows), i2(rows);
+  std::vector<double> k1(rows), k2(rows), has2(rows);
+  for (int64_t i = 0; i < n; ++i) {
+    i1[size_t(i)] = r.e1[size_t(i)];
+    k1[size_t(i)] = r.keep1[size_t(i)];
+    i2[size_t(i)] = std::max<int32_t>(r.e2[size_t(i)], 0);
+    has2[size_t(i)] = r.e2[size_t(i)] >= 0;
+    k2[size_t(i)] = r.keep2[size_t(i)];
+  }
+  Tensor g1 = gather(out.probs, 1, Tensor::from_vector(i1, {n, 1}));
+  Tensor g2;
+  if (k == 2) g2 = gather(out.probs, 1, Tensor::from_vector(i2, {n, 1})) * column(has2, gt);
+  out.weights = combine_weights(g1, g2, column(k1, gt), k == 2 ? column(k2, gt) : Tensor(), opt.top1,
+                                opt.normalize_before_dropping);
+
+  // Balance loss V * sum_e m_e c_e over the visible experts.
+  std::vector<double> row_w(size_t(n), 1.0);
+  int64_t counted = n;
+  if (opt.balance_ignore_padding && pad_rows) {
+    counted = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      row_w[size_t(i)] = pad_rows[i] ? 0.0 : 1.0;
+      counted += pad_rows[i] ? 0 : 1;
+    }
+  }
+  const int64_t denom = opt.balance_ignore_padding ? counted : S;
+  std::vector<double> cnt(size_t(V), 0.0);
+  for (int64_t i = 0; i < n; ++i) cnt[size_t(r.e1[size_t(i)])] += row_w[size_t(i)];
+  Tensor rw = Tensor::from_vector(row_w, {1, n}).to(gt);
+  if (denom > 0) {
+    Tensor msum = matmul(rw, out.probs);  // [1, V]: sum of probabilities over the counted rows
+    Tensor dot = sum(msum * Tensor::from_vector(cnt, {1, V}).to(gt));
+    out.balance = dot * (double(V) / (double(denom) * double(denom)));
+    if (!opt.balance_ignore_padding && S > n) {
+      // The S - n zero padding rows: uniform 1/V probabilities, no first choice.
+      out.balance = out.balance + double(S - n) * double(n) / (double(S) * double(S));
+    }
+  } else {
+    out.balance = Tensor::scalar(0.0, gt);
+  }
+  if (opt.z_loss) {
+    // logsumexp with the row maximum as a constant shift (its gradient cancels)
+    Tensor m = max(ld, 1, true);
+    Tensor lse = log(sum(exp(logits - m), 1, true)) + m;  // [n, 1]
+    out.z_loss = counted > 0 ? sum(matmul(rw, square(lse))) / double(counted) : Tensor::scalar(0.0, gt);
+  }
+  return out;
+}
+
+}  // namespace strata::moe
