@@ -13,7 +13,8 @@
 #   nlohmann-json3-dev nlohmann-json: safetensors headers, metrics.jsonl
 #   libcli11-dev       CLI11: command-line parsing
 #   python3-torch python3-numpy  (tests only) independent PyTorch reference of the model
-#   python3-matplotlib (tools only) routing and training plots
+#   python3-yaml       (tests only) the reference reads config.yaml
+#   python3-matplotlib data_tools/plot_routing: routing plots (installed with --test)
 set -euo pipefail
 
 PACKAGES=(
@@ -25,7 +26,7 @@ PACKAGES=(
   nlohmann-json3-dev libcli11-dev
 )
 if [[ "${1:-}" == "--test" ]]; then
-  PACKAGES+=(python3-torch python3-numpy)
+  PACKAGES+=(python3-torch python3-numpy python3-yaml python3-matplotlib)
 fi
 
 missing=()
