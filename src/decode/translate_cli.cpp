@@ -92,6 +92,7 @@ int translate_main(int argc, const char* const* argv) {
     opt.search.max_len_a = max_len_a >= 0 ? max_len_a : d.max_len_a;
     opt.search.max_len_b = max_len_b >= 0 ? max_len_b : d.max_len_b;
     opt.search.nbest = nbest;
+    opt.moe_capacity_fraction = d.generation_capacity_token_fraction;
     opt.encoder_langtok = m.config.data.encoder_langtok == config::LangtokMode::Tgt;
     opt.decoder_langtok = m.config.data.decoder_langtok;
     auto hyps = translate_ids(*m.model, *m.vocab, sources, lang, opt, max_tokens);

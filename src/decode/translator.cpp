@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "strata/model/build.h"
+
 namespace strata::decode {
 
 namespace {
@@ -16,6 +18,16 @@ SearchOptions resolved(const TranslateOptions& opt, const data::Vocabulary& voca
   if (opt.decoder_langtok) s.prefix.push_back(lang);
   return s;
 }
+
+// Sets the MoE decoding capacity for its lifetime (also when search throws).
+class DecodeCapacity {
+ public:
+  DecodeCapacity(model::TransformerModel& m, double fraction) : m_(m) { model::set_moe_eval_capacity(m_, fraction); }
+  ~DecodeCapacity() { model::set_moe_eval_capacity(m_, std::nullopt); }
+
+ private:
+  model::TransformerModel& m_;
+};
 }  // namespace
 
 std::vector<std::vector<Hypothesis>> translate_batch(model::TransformerModel& model, const data::Vocabulary& vocab,
@@ -24,6 +36,7 @@ std::vector<std::vector<Hypothesis>> translate_batch(model::TransformerModel& mo
                                                      const TranslateOptions& opt) {
   STRATA_CHECK(int64_t(tgt_lang_ids.size()) == batch.size())
       << "translate: " << tgt_lang_ids.size() << " target languages for " << batch.size() << " sentences";
+  DecodeCapacity capacity(model, opt.moe_capacity_fraction);
   // beam search forces one prefix per call: group sentences by target language
   std::vector<std::vector<Hypothesis>> out(tgt_lang_ids.size());
   std::vector<int32_t> langs(tgt_lang_ids);
@@ -53,6 +66,7 @@ std::vector<std::vector<Hypothesis>> translate_ids(model::TransformerModel& mode
                                                    const std::vector<std::vector<int32_t>>& sources,
                                                    int32_t tgt_lang_id, const TranslateOptions& opt,
                                                    int64_t max_tokens) {
+  DecodeCapacity capacity(model, opt.moe_capacity_fraction);
   const int64_t max_len = model.options().max_source_positions;
   std::vector<size_t> order(sources.size());
   std::iota(order.begin(), order.end(), 0);

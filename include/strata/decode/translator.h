@@ -16,6 +16,9 @@ struct TranslateOptions {
   SearchOptions search;        // prefix/bos/eos/pad are filled in from the vocabulary
   bool encoder_langtok = true;
   bool decoder_langtok = true;
+  // MoE capacity while decoding as a fraction of the tokens (the reference
+  // generates with 1.0: no token is dropped); restored afterwards.
+  double moe_capacity_fraction = 1.0;
 };
 
 // Hypotheses for a batch built by data::TranslationBatches (its src tensor);
