@@ -1,11 +1,15 @@
 #include "strata/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <ostream>
 #include <sstream>
+#include <thread>
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
@@ -13,6 +17,9 @@
 #include "strata/config/config.h"
 #include "strata/core/grad_mode.h"
 #include "strata/decode/translator.h"
+#include "strata/dist/agree.h"
+#include "strata/dist/environment.h"
+#include "strata/dist/grad_sync.h"
 #include "strata/eval/bleu.h"
 #include "strata/eval/chrf.h"
 #include "strata/model/build.h"
@@ -33,7 +40,8 @@ SmoothingForm smoothing_form(config::SmoothingForm f) {
   return f == config::SmoothingForm::Moe ? SmoothingForm::Moe : SmoothingForm::Fairseq;
 }
 
-std::string state_to_yaml(const TrainerState& s) {
+// world_size is informational: a checkpoint resumes on any number of ranks.
+std::string state_to_yaml(const TrainerState& s, int world_size) {
   YAML::Emitter e;
   e.SetDoublePrecision(17);
   e << YAML::BeginMap;
@@ -45,11 +53,12 @@ std::string state_to_yaml(const TrainerState& s) {
   e << YAML::Key << "best_update" << YAML::Value << s.best_update;
   e << YAML::Key << "stalls" << YAML::Value << s.stalls;
   e << YAML::Key << "train_seconds" << YAML::Value << s.train_seconds;
+  e << YAML::Key << "world_size" << YAML::Value << world_size;
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }
 
-TrainerState state_from_yaml(const std::string& path) {
+TrainerState state_from_yaml(const std::string& path, int* world_size = nullptr) {
   TrainerState s;
   try {
     YAML::Node n = YAML::LoadFile(path);
@@ -61,6 +70,7 @@ TrainerState state_from_yaml(const std::string& path) {
     s.best_update = n["best_update"].as<int64_t>();
     s.stalls = n["stalls"].as<int64_t>();
     s.train_seconds = n["train_seconds"].as<double>();
+    if (world_size) *world_size = n["world_size"] ? n["world_size"].as<int>() : 1;
   } catch (const YAML::Exception& e) {
     STRATA_FAIL() << path << ": unreadable trainer state (" << e.what() << ")";
   }
@@ -74,9 +84,73 @@ std::string read_file(const std::string& path) {
   ss << f.rdbuf();
   return ss.str();
 }
+
+// The batches decode::translate_ids forms from `sources` on one process:
+// sentences stably sorted by length, cut where the padded size (longest
+// length incl. language token and </s>, capped at max_len, times sentences)
+// would pass max_tokens. Validation deals these batches whole to the ranks,
+// so every sentence is decoded with the batch-mates it has on one process:
+// MoE routing (capacity, evaluation noise) depends on them.
+std::vector<std::vector<size_t>> decode_batches(const std::vector<std::vector<int32_t>>& sources,
+                                                int64_t max_tokens, int64_t max_len) {
+  std::vector<size_t> order(sources.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return sources[a].size() < sources[b].size(); });
+  std::vector<std::vector<size_t>> out;
+  int64_t longest = 0;
+  for (size_t i : order) {
+    const int64_t len = std::min<int64_t>(int64_t(sources[i].size()) + 2, max_len);
+    const int64_t grown = std::max(longest, len);
+    if (out.empty() || grown * int64_t(out.back().size() + 1) > max_tokens) {
+      out.emplace_back();
+      longest = len;
+    } else {
+      longest = grown;
+    }
+    out.back().push_back(i);
+  }
+  return out;
+}
+
+// Reads an integer test-hook variable; unset means `fallback`.
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  long long n = std::strtoll(v, &end, 10);
+  STRATA_CHECK(end && *end == '\0') << name << "='" << v << "' is not an integer";
+  return n;
+}
 }  // namespace
 
-Trainer::Trainer(config::Config cfg, std::ostream& log) : cfg_(std::move(cfg)), log_(log) { setup(); }
+uint64_t batch_stream_seed(uint64_t seed, int64_t update, int64_t slot) {
+  const uint64_t k = mix_keys(seed, uint64_t(update));
+  return slot == 0 ? k : mix_keys(k, uint64_t(slot));
+}
+
+std::vector<int64_t> rank_slots(int rank, int world, int update_freq) {
+  STRATA_CHECK(world >= 1 && rank >= 0 && rank < world && update_freq >= 1)
+      << "rank_slots: rank " << rank << " of " << world << " with update_freq " << update_freq;
+  std::vector<int64_t> out;
+  for (int k = 0; k < update_freq; ++k) out.push_back(int64_t(k) * world + rank);
+  return out;
+}
+
+TestHooks TestHooks::from_env() {
+  TestHooks h;
+  h.fail_rank = int(env_int("STRATA_TEST_FAIL_RANK", -1));
+  h.fail_update = env_int("STRATA_TEST_FAIL_UPDATE", 0);
+  h.hang_rank = int(env_int("STRATA_TEST_HANG_RANK", -1));
+  h.hang_update = env_int("STRATA_TEST_HANG_UPDATE", 0);
+  h.perturb_rank = int(env_int("STRATA_TEST_PERTURB_RANK", -1));
+  return h;
+}
+
+Trainer::Trainer(config::Config cfg, std::ostream& log, dist::Communicator* comm)
+    : cfg_(std::move(cfg)), log_(log), comm_(comm ? comm : &dist::world()), hooks_(TestHooks::from_env()) {
+  setup();
+}
 Trainer::~Trainer() = default;
 
 void Trainer::setup() {
@@ -130,13 +204,42 @@ std::vector<data::ExampleRef> Trainer::next_batch() {
   return plan_[size_t(state_.batch_in_epoch++)];
 }
 
+std::vector<std::pair<int64_t, std::vector<data::ExampleRef>>> Trainer::window_batches() {
+  const int W = comm_->size();
+  const std::vector<int64_t> slots = rank_slots(comm_->rank(), W, cfg_.train.update_freq);
+  std::vector<std::pair<int64_t, std::vector<data::ExampleRef>>> mine;
+  // Every rank walks the whole window so the position stays global (and
+  // rank-independent in checkpoints); only this rank's slots are kept.
+  size_t next = 0;
+  for (int64_t j = 0; j < int64_t(W) * cfg_.train.update_freq; ++j) {
+    std::vector<data::ExampleRef> refs = next_batch();
+    if (next < slots.size() && slots[next] == j) mine.emplace_back(slots[next++], std::move(refs));
+  }
+  return mine;
+}
+
+void Trainer::apply_test_hooks(int64_t update) const {
+  const int R = comm_->rank();
+  if (hooks_.fail_rank == R && hooks_.fail_update == update)
+    STRATA_FAIL() << "test hook: STRATA_TEST_FAIL_RANK=" << R << " STRATA_TEST_FAIL_UPDATE=" << update
+                  << " made this rank fail at the start of update " << update;
+  if (hooks_.hang_rank == R && hooks_.hang_update == update) {
+    std::cerr << ("strata-train: rank " + std::to_string(R) +
+                  ": test hook STRATA_TEST_HANG_RANK: not responding from update " + std::to_string(update) + "\n")
+              << std::flush;
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
 UpdateStats Trainer::train_update() {
+  apply_test_hooks(state_.update + 1);
   UpdateStats st;
-  Generator gen(mix_keys(uint64_t(cfg_.train.seed), uint64_t(state_.update)));
-  nn::ForwardContext ctx{true, &gen, nullptr};
   const int64_t V = model_->vocab_size();
-  for (int k = 0; k < cfg_.train.update_freq; ++k) {
-    data::Batch b = train_->make_batch(next_batch());
+  const int64_t update = state_.update;
+  for (auto& [slot, refs] : window_batches()) {
+    Generator gen(batch_stream_seed(uint64_t(cfg_.train.seed), update, slot));
+    nn::ForwardContext ctx{true, &gen, nullptr};
+    data::Batch b = train_->make_batch(refs);
     Tensor logits = model_->forward(b.src, b.prev, ctx);
     const int64_t N = b.target.numel();
     CrossEntropyResult ce =
@@ -146,6 +249,16 @@ UpdateStats Trainer::train_update() {
     st.loss_sum += ce.loss.item();
     st.nll_sum += ce.nll.item();
     st.tokens += ce.tokens;
+  }
+  if (comm_->size() > 1) {
+    // Global sums: the loss for logging, the token count for the normalisation.
+    Tensor s = Tensor::from_vector(std::vector<double>{st.loss_sum, st.nll_sum, double(st.tokens)}, {3});
+    comm_->all_reduce(s, dist::ReduceOp::Sum);
+    std::vector<double> v = s.to_vector<double>();
+    st.loss_sum = v[0];
+    st.nll_sum = v[1];
+    st.tokens = std::llround(v[2]);
+    dist::all_reduce_gradients(*comm_, model_->named_parameters());
   }
   // fairseq normalises the summed gradients by the number of target tokens
   std::vector<Tensor> params = model_->parameters();
@@ -167,28 +280,53 @@ ValidationResult Trainer::validate() {
   NoGradGuard ng;
   nn::ForwardContext ctx;  // evaluation: no dropout
   const int64_t V = model_->vocab_size();
-  double loss = 0, nll = 0;
-  std::vector<std::string> all_hyps;
-  std::vector<std::string> all_refs;
-  for (size_t d = 0; d < valid_->directions().size(); ++d) {
-    const data::Direction& dir = valid_->directions()[d];
-    double dl = 0;
-    int64_t dt = 0;
+  const int W = comm_->size(), R = comm_->rank();
+  const size_t D = valid_->directions().size();
+  // Loss: the batches of all directions dealt round-robin to the ranks, then
+  // (loss, nll, tokens) per direction and the nll total (summed batch by batch,
+  // in the order one process has always used) summed over the ranks.
+  std::vector<double> sums(3 * D + 1, 0.0);
+  double nll_total = 0;
+  int64_t position = 0;
+  for (size_t d = 0; d < D; ++d) {
     for (const auto& refs : valid_->ordered_plan(d)) {
+      if (position++ % W != R) continue;
       data::Batch b = valid_->make_batch(refs);
       Tensor logits = model_->forward(b.src, b.prev, ctx);
       const int64_t N = b.target.numel();
       CrossEntropyResult ce = label_smoothed_cross_entropy(reshape(logits, {N, V}), b.target.reshape({N}),
                                                            cfg_.train.label_smoothing, vocab_->pad(),
                                                            smoothing_form(cfg_.train.label_smoothing_form));
-      dl += ce.loss.item();
-      nll += ce.nll.item();
-      dt += ce.tokens;
+      sums[3 * d] += ce.loss.item();
+      const double batch_nll = ce.nll.item();
+      sums[3 * d + 1] += batch_nll;
+      nll_total += batch_nll;
+      sums[3 * d + 2] += double(ce.tokens);
     }
-    loss += dl;
+  }
+  sums[3 * D] = nll_total;
+  if (W > 1) {
+    Tensor t = Tensor::from_vector(sums, {int64_t(sums.size())});
+    comm_->all_reduce(t, dist::ReduceOp::Sum);
+    sums = t.to_vector<double>();
+  }
+  double loss = 0;
+  const double nll = sums[3 * D];
+  for (size_t d = 0; d < D; ++d) {
+    const int64_t dt = std::llround(sums[3 * d + 2]);
+    loss += sums[3 * d];
     r.tokens += dt;
-    r.direction_loss.emplace_back(dir.name(), dl / double(std::max<int64_t>(dt, 1)) / kLn2);
+    r.direction_loss.emplace_back(valid_->directions()[d].name(),
+                                  sums[3 * d] / double(std::max<int64_t>(dt, 1)) / kLn2);
+  }
 
+  // BLEU: the decoding batches of a direction are dealt round-robin to the
+  // ranks; the best hypotheses are gathered to every rank and put back in
+  // input order.
+  std::vector<std::string> all_hyps;
+  std::vector<std::string> all_refs;
+  for (size_t d = 0; d < D; ++d) {
+    const data::Direction& dir = valid_->directions()[d];
     int64_t n = cfg_.train.valid_bleu_sentences;
     if (n == 0) continue;
     if (n < 0 || n > int64_t(dir.data.size())) n = int64_t(dir.data.size());
@@ -200,6 +338,8 @@ ValidationResult Trainer::validate() {
       sources.push_back(std::move(s));
       refs.push_back(vocab_->decode(dir.data.tgt->get(size_t(i))));
     }
+    const std::vector<std::vector<size_t>> batches =
+        decode_batches(sources, cfg_.data.max_tokens, model_->options().max_source_positions);
     decode::TranslateOptions topt;
     topt.search.beam = cfg_.decode.beam;
     topt.search.lenpen = cfg_.decode.lenpen;
@@ -207,13 +347,29 @@ ValidationResult Trainer::validate() {
     topt.search.max_len_b = cfg_.decode.max_len_b;
     topt.encoder_langtok = cfg_.data.encoder_langtok == config::LangtokMode::Tgt;
     topt.decoder_langtok = cfg_.data.decoder_langtok;
-    auto hyps = decode::translate_ids(*model_, *vocab_, sources, dir.tgt_lang_id, topt, cfg_.data.max_tokens);
-    std::vector<std::string> texts;
-    for (auto& h : hyps) {
-      std::vector<int32_t> ids;
-      if (!h.empty())
-        for (int64_t t : h[0].tokens) ids.push_back(int32_t(t));
-      texts.push_back(vocab_->decode(ids));
+    std::vector<std::vector<int32_t>> best;  // this rank's batches, in batch order
+    for (size_t g = size_t(R); g < batches.size(); g += size_t(W)) {
+      std::vector<std::vector<int32_t>> batch_sources;
+      for (size_t i : batches[g]) batch_sources.push_back(sources[i]);
+      auto hyps =
+          decode::translate_ids(*model_, *vocab_, batch_sources, dir.tgt_lang_id, topt, cfg_.data.max_tokens);
+      for (auto& h : hyps) {
+        std::vector<int32_t> ids;
+        if (!h.empty())
+          for (int64_t t : h[0].tokens) ids.push_back(int32_t(t));
+        best.push_back(std::move(ids));
+      }
+    }
+    std::vector<std::vector<std::vector<int32_t>>> per_rank;
+    if (W > 1)
+      per_rank = dist::all_gather_sequences(*comm_, best);
+    else
+      per_rank.push_back(std::move(best));
+    std::vector<std::string> texts(static_cast<size_t>(n));
+    std::vector<size_t> taken(static_cast<size_t>(W), 0);
+    for (size_t g = 0; g < batches.size(); ++g) {
+      const auto& from = per_rank.at(g % size_t(W));
+      for (size_t i : batches[g]) texts[i] = vocab_->decode(from.at(taken[g % size_t(W)]++));
     }
     r.direction_bleu.emplace_back(dir.name(), eval::corpus_bleu(texts, {refs}).score);
     all_hyps.insert(all_hyps.end(), texts.begin(), texts.end());
@@ -225,6 +381,18 @@ ValidationResult Trainer::validate() {
     r.bleu = eval::corpus_bleu(all_hyps, {all_refs}).score;
     r.chrf = eval::corpus_chrf(all_hyps, {all_refs}).score;
   }
+  if (W > 1) {
+    // Best-checkpoint and patience decisions use these numbers: make them
+    // rank 0's bit for bit on every rank.
+    std::vector<double> v{r.loss, r.nll, r.bleu, r.chrf};
+    for (auto& x : r.direction_loss) v.push_back(x.second);
+    for (auto& x : r.direction_bleu) v.push_back(x.second);
+    dist::broadcast_values(*comm_, v, 0);
+    size_t k = 0;
+    r.loss = v[k++], r.nll = v[k++], r.bleu = v[k++], r.chrf = v[k++];
+    for (auto& x : r.direction_loss) x.second = v[k++];
+    for (auto& x : r.direction_bleu) x.second = v[k++];
+  }
   return r;
 }
 
@@ -234,12 +402,14 @@ bool Trainer::better(double metric) const {
 }
 
 void Trainer::save_checkpoint(const ValidationResult* valid) {
+  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at update " + std::to_string(state_.update));
+  if (comm_->rank() != 0) return;
   const std::string& dir = cfg_.train.save_dir;
   {
     CheckpointWriter w(dir, "checkpoint_last");
     w.write_safetensors("model.safetensors", model_->named_parameters());
     w.write_safetensors("optimizer.safetensors", adam_->state_dict());
-    w.write_text("trainer_state.yaml", state_to_yaml(state_));
+    w.write_text("trainer_state.yaml", state_to_yaml(state_, comm_->size()));
     w.write_text("config.yaml", config::to_yaml(cfg_));
     w.commit();
   }
@@ -253,25 +423,56 @@ void Trainer::save_checkpoint(const ValidationResult* valid) {
 
 void Trainer::try_resume() {
   const std::string& dir = cfg_.train.save_dir;
-  recover_save_dir(dir);
+  const int R = comm_->rank();
+  // Rank 0 repairs the save_dir and decides; the broadcast orders every other
+  // rank's reading after the repair.
+  std::vector<double> found{-1.0};
+  if (R == 0) {
+    recover_save_dir(dir);
+    if (std::optional<std::string> l = find_resumable(dir))
+      found[0] = double(state_from_yaml(*l + "/trainer_state.yaml").update);
+  }
+  dist::broadcast_values(*comm_, found, 0);
+  if (found[0] < 0) return;
   std::optional<std::string> last = find_resumable(dir);
-  if (!last) return;
+  STRATA_CHECK(last) << "resume: rank " << R << " cannot read " << dir
+                     << "/checkpoint_last, which rank 0 resumes from (save_dir must be on a filesystem every rank sees)";
   config::Config saved = config::load_config_string(read_file(*last + "/config.yaml"), *last + "/config.yaml");
   config::check_resume_compatible(saved, cfg_, *last);
   model_->load_parameters(load_safetensors(*last + "/model.safetensors").tensors, *last + "/model.safetensors");
   adam_->load_state_dict(load_safetensors(*last + "/optimizer.safetensors").tensors);
-  state_ = state_from_yaml(*last + "/trainer_state.yaml");
-  log_ << "resumed from " << *last << " at update " << state_.update << " (epoch " << state_.epoch << ")\n";
+  int saved_world = 1;
+  state_ = state_from_yaml(*last + "/trainer_state.yaml", &saved_world);
+  STRATA_CHECK(state_.update == std::llround(found[0]))
+      << "resume: rank " << R << " reads " << *last << " at update " << state_.update << ", rank 0 at update "
+      << std::llround(found[0]) << " (save_dir must be one shared directory)";
+  log_ << "resumed from " << *last << " at update " << state_.update << " (epoch " << state_.epoch << ")";
+  if (saved_world != comm_->size()) log_ << "; saved by " << saved_world << " rank(s), now " << comm_->size();
+  log_ << "\n";
 }
 
 int64_t Trainer::run() {
-  std::error_code ec;
-  std::filesystem::create_directories(cfg_.train.save_dir, ec);
-  STRATA_CHECK(!ec) << "cannot create save_dir '" << cfg_.train.save_dir << "': " << ec.message();
+  const bool main_rank = comm_->rank() == 0;
+  if (main_rank) {
+    std::error_code ec;
+    std::filesystem::create_directories(cfg_.train.save_dir, ec);
+    STRATA_CHECK(!ec) << "cannot create save_dir '" << cfg_.train.save_dir << "': " << ec.message();
+  }
   try_resume();
+  if (hooks_.perturb_rank == comm_->rank()) {
+    Tensor p = model_->named_parameters().front().second;
+    p.detach().fill_(0.125);
+  }
+  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at start (update " + std::to_string(state_.update) + ")");
+  if (comm_->size() > 1)
+    log_ << "data parallel: " << comm_->size() << " ranks x update_freq " << cfg_.train.update_freq << " = "
+         << comm_->size() * cfg_.train.update_freq << " batches per update\n";
   const std::string metrics_path = cfg_.train.save_dir + "/metrics.jsonl";
-  rewind_metrics(metrics_path, state_.update);
-  MetricsWriter metrics(metrics_path);
+  std::unique_ptr<MetricsWriter> metrics;
+  if (main_rank) {
+    rewind_metrics(metrics_path, state_.update);
+    metrics = std::make_unique<MetricsWriter>(metrics_path);
+  }
   const int64_t start_update = state_.update;
   const double start_train_seconds = state_.train_seconds;
   const auto t0 = Clock::now();
@@ -282,7 +483,11 @@ int64_t Trainer::run() {
 
   while (!stop) {
     if (cfg_.train.max_update > 0 && state_.update >= cfg_.train.max_update) break;
-    if (stop_requested_) break;
+    // A signal may reach only some ranks: leave together.
+    if (dist::any_rank(*comm_, stop_requested_)) {
+      log_ << "stop requested by a signal at update " << state_.update << ": saving and exiting" << std::endl;
+      break;
+    }
     UpdateStats st = train_update();
     state_.train_seconds = start_train_seconds + seconds_since(t0);
     int_loss += st.loss_sum;
@@ -290,7 +495,10 @@ int64_t Trainer::run() {
     int_tokens += st.tokens;
     ++int_updates;
     if (cfg_.train.max_epoch > 0 && state_.epoch > cfg_.train.max_epoch) stop = true;
-    if (cfg_.train.max_time_minutes > 0 && state_.train_seconds >= cfg_.train.max_time_minutes * 60) stop = true;
+    // Each rank's clock differs a little: any rank over the budget stops all.
+    if (cfg_.train.max_time_minutes > 0 &&
+        dist::any_rank(*comm_, state_.train_seconds >= cfg_.train.max_time_minutes * 60))
+      stop = true;
     const bool last = stop || (cfg_.train.max_update > 0 && state_.update >= cfg_.train.max_update);
 
     if (state_.update % std::max(1, cfg_.train.log_interval) == 0 || last) {
@@ -310,7 +518,7 @@ int64_t Trainer::run() {
       rec["nll"] = int_nll / double(std::max<int64_t>(int_tokens, 1)) / kLn2;
       rec["grad_norm"] = st.grad_norm;
       rec["updates_in_interval"] = int_updates;
-      metrics.write(rec);
+      if (metrics) metrics->write(rec);
       int_loss = int_nll = 0;
       int_tokens = int_updates = 0;
       interval_start = Clock::now();
@@ -359,7 +567,7 @@ int64_t Trainer::run() {
       for (auto& [name, l] : v.direction_loss) rec["loss_" + name] = l;
       for (auto& [name, b] : v.direction_bleu) rec["bleu_" + name] = b;
       rec["best"] = state_.best_metric;
-      metrics.write(rec);
+      if (metrics) metrics->write(rec);
       if (cfg_.train.patience > 0 && state_.stalls >= cfg_.train.patience) {
         log_ << "early stop: no improvement in " << state_.stalls << " validations\n";
         stop = true;

@@ -8,6 +8,9 @@
 // - buffer sizes are agreed (all-reduced) before a collective whose shape
 //   depends on local data, so no rank waits for a message that never comes;
 // - a failure on any rank ends the whole job with an error naming the rank.
+// Every implementation checks its arguments with the validate_* functions
+// below, so a misuse that would hang or corrupt under MPI already throws on a
+// single process.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -18,13 +21,14 @@
 namespace strata::dist {
 
 enum class ReduceOp { Sum, Max, Min };
+const char* to_string(ReduceOp op);
 
 class Communicator {
  public:
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // e.g. "mpi world", "local", "mpi expert group 1"
+  // e.g. "mpi world", "local", "mpi world/split 1"
   virtual std::string name() const = 0;
 
   // In place over a contiguous f32/f64/i32/i64 tensor.
@@ -37,27 +41,41 @@ class Communicator {
   virtual void all_to_all(const Tensor& send, const Tensor& recv) = 0;
   // recv [size * n, ...] holds every rank's send [n, ...] in rank order.
   virtual void all_gather(const Tensor& send, const Tensor& recv) = 0;
+  // Contiguous tensor of the same shape and dtype on every rank; root's values win.
   virtual void broadcast(const Tensor& t, int root) = 0;
   virtual void barrier() = 0;
-  // A sub-communicator of the ranks passing the same color, ordered by key
-  // (every rank of this communicator must call it).
+  // A sub-communicator of the ranks passing the same color (>= 0), ordered by
+  // key then by rank here (every rank of this communicator must call it).
   virtual std::unique_ptr<Communicator> split(int color, int key) = 0;
 };
 
-// World size 1: collectives are copies or no-ops.
+// World size 1: collectives are copies or no-ops (after the same argument
+// checks as the MPI implementation).
 class LocalCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string name() const override { return "local"; }
-  void all_reduce(const Tensor&, ReduceOp) override {}
+  void all_reduce(const Tensor& t, ReduceOp op) override;
   double all_reduce_scalar(double v, ReduceOp) override { return v; }
   int64_t all_reduce_int(int64_t v, ReduceOp) override { return v; }
   void all_to_all(const Tensor& send, const Tensor& recv) override;
   void all_gather(const Tensor& send, const Tensor& recv) override;
-  void broadcast(const Tensor&, int) override {}
+  void broadcast(const Tensor& t, int root) override;
   void barrier() override {}
-  std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<LocalCommunicator>(); }
+  std::unique_ptr<Communicator> split(int color, int key) override;
 };
+
+// Argument checks shared by the implementations; each throws strata::Error
+// with a one-line message naming the collective, the communicator and the shapes.
+// t: defined, CPU, contiguous, f32/f64/i32/i64.
+void validate_all_reduce(const Tensor& t, const Communicator& c);
+// send/recv: same shape and dtype, contiguous, rows divisible by size().
+void validate_all_to_all(const Tensor& send, const Tensor& recv, const Communicator& c);
+// recv.numel() == size() * send.numel(), same dtype, contiguous.
+void validate_all_gather(const Tensor& send, const Tensor& recv, const Communicator& c);
+// t: defined, CPU, contiguous; 0 <= root < size().
+void validate_broadcast(const Tensor& t, int root, const Communicator& c);
+void validate_split(int color, const Communicator& c);
 
 }  // namespace strata::dist

@@ -5,7 +5,19 @@
 // stopping, progress lines and metrics.jsonl. Starting again with the same
 // save_dir resumes from checkpoint_last and reproduces the uninterrupted
 // run's losses exactly (dropout streams are keyed by the update number and
-// the data order by (seed, epoch)).
+// the batch's position in the update, the data order by (seed, epoch)).
+//
+// Data parallel (docs/distributed.md): on W ranks every update consumes the
+// next W * update_freq batches of the global plan; rank r takes the batches
+// at positions r, r + W, r + 2W, ... of that window, so W ranks with
+// update_freq U make exactly the update one process makes with update_freq
+// W * U (same batches, same dropout masks: they are keyed by the update and
+// the batch's position in the window, not by the rank). Losses and token
+// counts are summed over the ranks, gradients all-reduced in buckets and
+// divided by the global target-token count, clipping sees the global norm.
+// Rank 0 writes checkpoints and metrics; every rank reads checkpoint_last to
+// resume, on any number of ranks. Stop decisions (signals, max_time,
+// patience, max_epoch) are agreed so every rank leaves the loop together.
 #pragma once
 #include <functional>
 #include <iosfwd>
@@ -16,6 +28,7 @@
 #include "strata/config/options.h"
 #include "strata/data/translation_batches.h"
 #include "strata/data/vocabulary.h"
+#include "strata/dist/communicator.h"
 #include "strata/model/transformer_model.h"
 #include "strata/train/adam.h"
 #include "strata/train/lr_schedule.h"
@@ -42,24 +55,54 @@ struct ValidationResult {
 };
 
 struct UpdateStats {
-  double loss_sum = 0, nll_sum = 0;  // natural log, summed over tokens
-  int64_t tokens = 0;
+  double loss_sum = 0, nll_sum = 0;  // natural log, summed over tokens (of every rank)
+  int64_t tokens = 0;                // target tokens of every rank
   double grad_norm = 0;
+};
+
+// Seed of the dropout (and other training randomness) stream of the batch at
+// position `slot` (0-based) of update `update`'s window of batches. Slot 0
+// uses mix_keys(seed, update), the key single-process training always used.
+uint64_t batch_stream_seed(uint64_t seed, int64_t update, int64_t slot);
+
+// Positions in one update's window of world * update_freq batches that rank
+// `rank` trains on: rank, rank + world, ... (update_freq of them).
+std::vector<int64_t> rank_slots(int rank, int world, int update_freq);
+
+// Failure injection for the MPI tests, read from the environment once at
+// construction (documented in docs/distributed.md as test hooks; unset in
+// normal runs):
+//   STRATA_TEST_FAIL_RANK=R STRATA_TEST_FAIL_UPDATE=U  rank R throws at the start of update U
+//   STRATA_TEST_HANG_RANK=R STRATA_TEST_HANG_UPDATE=U  rank R stops responding at update U
+//   STRATA_TEST_PERTURB_RANK=R                         rank R changes one weight after start
+struct TestHooks {
+  int fail_rank = -1;
+  int64_t fail_update = 0;
+  int hang_rank = -1;
+  int64_t hang_update = 0;
+  int perturb_rank = -1;
+  static TestHooks from_env();
 };
 
 class Trainer {
  public:
-  explicit Trainer(config::Config cfg, std::ostream& log);
+  // `comm` is the data-parallel world; null means dist::world(). Only rank 0
+  // should get a log stream that prints (the others usually get a null one).
+  Trainer(config::Config cfg, std::ostream& log, dist::Communicator* comm = nullptr);
   ~Trainer();
   // Trains until max_update / max_epoch / max_time / patience; returns the updates done.
   int64_t run();
-  // One optimizer update over the next update_freq batches (public for tests).
+  // One optimizer update over this rank's update_freq batches of the next
+  // window (public for tests). Collective.
   UpdateStats train_update();
+  // Sharded over the ranks; every rank returns rank 0's numbers. Collective.
   ValidationResult validate();
+  // Rank 0 writes; every rank first checks that the replicas agree. Collective.
   void save_checkpoint(const ValidationResult* valid);
 
   const TrainerState& state() const { return state_; }
   model::TransformerModel& model() { return *model_; }
+  dist::Communicator& comm() { return *comm_; }
   const data::Vocabulary& vocab() const { return *vocab_; }
   // Called after every update with its stats (tests record the loss sequence).
   std::function<void(int64_t update, const UpdateStats&)> on_update;
@@ -70,10 +113,15 @@ class Trainer {
   void setup();
   void try_resume();
   std::vector<data::ExampleRef> next_batch();
+  // This rank's (slot, batch) pairs of the next window; advances the global position.
+  std::vector<std::pair<int64_t, std::vector<data::ExampleRef>>> window_batches();
   bool better(double metric) const;
+  void apply_test_hooks(int64_t update) const;
 
   config::Config cfg_;
   std::ostream& log_;
+  dist::Communicator* comm_;
+  TestHooks hooks_;
   std::shared_ptr<data::Vocabulary> vocab_;
   std::unique_ptr<data::TranslationBatches> train_, valid_;
   std::unique_ptr<model::TransformerModel> model_;
