@@ -23,6 +23,7 @@
 #include "strata/eval/bleu.h"
 #include "strata/eval/chrf.h"
 #include "strata/model/build.h"
+#include "strata/moe/aux_losses.h"
 #include "strata/train/checkpoint.h"
 #include "strata/train/grad_clip.h"
 #include "strata/train/metrics.h"
@@ -238,28 +239,44 @@ UpdateStats Trainer::train_update() {
   const int64_t update = state_.update;
   for (auto& [slot, refs] : window_batches()) {
     Generator gen(batch_stream_seed(uint64_t(cfg_.train.seed), update, slot));
-    nn::ForwardContext ctx{true, &gen, nullptr};
+    nn::AuxLosses aux;
+    nn::ForwardContext ctx{true, &gen, cfg_.moe.enabled() ? &aux : nullptr};
     data::Batch b = train_->make_batch(refs);
     Tensor logits = model_->forward(b.src, b.prev, ctx);
     const int64_t N = b.target.numel();
     CrossEntropyResult ce =
         label_smoothed_cross_entropy(reshape(logits, {N, V}), b.target.reshape({N}), cfg_.train.label_smoothing,
                                      vocab_->pad(), smoothing_form(cfg_.train.label_smoothing_form));
-    ce.loss.backward();
+    Tensor loss = ce.loss;
+    if (cfg_.moe.enabled()) {
+      // total = LS-CE + w_aux * ntokens * mean(block balance) (+ CMR, z-loss): spec 1.5
+      Tensor extra = moe::aux_loss_total(aux, ce.tokens, cfg_.moe);
+      loss = loss + extra;
+      st.aux_loss_sum += extra.item();
+      st.gate_loss += moe::aux_loss_parts(aux, cfg_.moe).gate_loss;
+    }
+    loss.backward();
     st.loss_sum += ce.loss.item();
     st.nll_sum += ce.nll.item();
     st.tokens += ce.tokens;
+    ++st.batches;
   }
   if (comm_->size() > 1) {
     // Global sums: the loss for logging, the token count for the normalisation.
-    Tensor s = Tensor::from_vector(std::vector<double>{st.loss_sum, st.nll_sum, double(st.tokens)}, {3});
+    Tensor s = Tensor::from_vector(std::vector<double>{st.loss_sum, st.nll_sum, double(st.tokens), st.aux_loss_sum,
+                                                       st.gate_loss, double(st.batches)},
+                                   {6});
     comm_->all_reduce(s, dist::ReduceOp::Sum);
     std::vector<double> v = s.to_vector<double>();
     st.loss_sum = v[0];
     st.nll_sum = v[1];
     st.tokens = std::llround(v[2]);
+    st.aux_loss_sum = v[3];
+    st.gate_loss = v[4];
+    st.batches = std::llround(v[5]);
     dist::all_reduce_gradients(*comm_, model_->named_parameters());
   }
+  if (st.batches > 0) st.gate_loss /= double(st.batches);
   // fairseq normalises the summed gradients by the number of target tokens
   std::vector<Tensor> params = model_->parameters();
   scale_grads(params, 1.0 / double(std::max<int64_t>(st.tokens, 1)));
@@ -278,7 +295,9 @@ ValidationResult Trainer::validate() {
   ValidationResult r;
   if (!valid_) return r;
   NoGradGuard ng;
-  nn::ForwardContext ctx;  // evaluation: no dropout
+  nn::AuxLosses aux;  // MoE: routing statistics by direction
+  aux.collect_stats = true;
+  nn::ForwardContext ctx{false, nullptr, cfg_.moe.enabled() ? &aux : nullptr};  // evaluation: no dropout
   const int64_t V = model_->vocab_size();
   const int W = comm_->size(), R = comm_->rank();
   const size_t D = valid_->directions().size();
@@ -292,6 +311,8 @@ ValidationResult Trainer::validate() {
     for (const auto& refs : valid_->ordered_plan(d)) {
       if (position++ % W != R) continue;
       data::Batch b = valid_->make_batch(refs);
+      aux.clear_losses();
+      aux.sentence_lang.assign(b.direction.begin(), b.direction.end());
       Tensor logits = model_->forward(b.src, b.prev, ctx);
       const int64_t N = b.target.numel();
       CrossEntropyResult ce = label_smoothed_cross_entropy(reshape(logits, {N, V}), b.target.reshape({N}),
@@ -305,6 +326,7 @@ ValidationResult Trainer::validate() {
     }
   }
   sums[3 * D] = nll_total;
+  r.routing = aux.stats;
   if (W > 1) {
     Tensor t = Tensor::from_vector(sums, {int64_t(sums.size())});
     comm_->all_reduce(t, dist::ReduceOp::Sum);
@@ -342,6 +364,7 @@ ValidationResult Trainer::validate() {
         decode_batches(sources, cfg_.data.max_tokens, model_->options().max_source_positions);
     decode::TranslateOptions topt;
     topt.search.beam = cfg_.decode.beam;
+    topt.moe_capacity_fraction = cfg_.decode.generation_capacity_token_fraction;
     topt.search.lenpen = cfg_.decode.lenpen;
     topt.search.max_len_a = cfg_.decode.max_len_a;
     topt.search.max_len_b = cfg_.decode.max_len_b;
@@ -518,6 +541,10 @@ int64_t Trainer::run() {
       rec["nll"] = int_nll / double(std::max<int64_t>(int_tokens, 1)) / kLn2;
       rec["grad_norm"] = st.grad_norm;
       rec["updates_in_interval"] = int_updates;
+      if (cfg_.moe.enabled()) {
+        rec["gate_loss"] = st.gate_loss;  // the last update's mean balance loss (1.0 = balanced)
+        rec["aux_loss"] = st.aux_loss_sum / double(std::max<int64_t>(st.tokens, 1)) / kLn2;
+      }
       if (metrics) metrics->write(rec);
       int_loss = int_nll = 0;
       int_tokens = int_updates = 0;
@@ -567,6 +594,11 @@ int64_t Trainer::run() {
       for (auto& [name, l] : v.direction_loss) rec["loss_" + name] = l;
       for (auto& [name, b] : v.direction_bleu) rec["bleu_" + name] = b;
       rec["best"] = state_.best_metric;
+      if (!v.routing.empty()) {
+        std::vector<std::string> names;
+        for (const auto& d : valid_->directions()) names.push_back(d.name());
+        rec["moe_routing"] = moe::routing_stats_json(v.routing, names)["moe_routing"];
+      }
       if (metrics) metrics->write(rec);
       if (cfg_.train.patience > 0 && state_.stalls >= cfg_.train.patience) {
         log_ << "early stop: no improvement in " << state_.stalls << " validations\n";

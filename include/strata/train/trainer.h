@@ -30,6 +30,7 @@
 #include "strata/data/vocabulary.h"
 #include "strata/dist/communicator.h"
 #include "strata/model/transformer_model.h"
+#include "strata/moe/routing_stats.h"
 #include "strata/train/adam.h"
 #include "strata/train/lr_schedule.h"
 
@@ -52,12 +53,17 @@ struct ValidationResult {
   double bleu = -1, chrf = -1;  // -1: not computed
   std::vector<std::pair<std::string, double>> direction_loss;
   std::vector<std::pair<std::string, double>> direction_bleu;
+  moe::RoutingStats routing;  // MoE blocks' routing on the validation batches (this rank's share)
 };
 
 struct UpdateStats {
   double loss_sum = 0, nll_sum = 0;  // natural log, summed over tokens (of every rank)
   int64_t tokens = 0;                // target tokens of every rank
   double grad_norm = 0;
+  // MoE: the weighted aux term added to the loss (summed like loss_sum) and
+  // the unweighted mean balance loss over the update's batches (of every rank).
+  double aux_loss_sum = 0, gate_loss = 0;
+  int64_t batches = 0;
 };
 
 // Seed of the dropout (and other training randomness) stream of the batch at
