@@ -1,2 +1,17 @@
+// Differentiable matrix products (forward and backward on backend/gemm.h).
+// The transpose flags read an operand transposed without copying it; the
+// backward passes use the same flags, so no transposed copy is ever made.
 #pragma once
 #include "strata/core/tensor.h"
+
+namespace strata {
+
+// op(a)[M,K] @ op(b)[K,N] -> [M,N]; op transposes when its flag is set.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// Batched: [B,M,K] @ [B,K,N] -> [B,M,N], flags transpose the last two dims.
+Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// x[..., in] @ weight[out, in]^T + bias[out] -> [..., out] (PyTorch/fairseq
+// layout). bias may be undefined (no bias).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+
+}  // namespace strata
