@@ -3,10 +3,14 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include <sentencepiece_processor.h>
+
+#include "strata/data/fairseq_dictionary.h"
 #include "strata/data/spm_vocab.h"
 #include "strata/data/text_input.h"
 #include "strata/decode/translator.h"
@@ -66,8 +70,29 @@ int translate_main(int argc, const char* const* argv) {
   try {
     auto t0 = std::chrono::steady_clock::now();
     train::LoadedModel m = train::load_model(checkpoint, overrides);
-    auto* spm = dynamic_cast<data::SentencePieceVocab*>(m.vocab.get());
-    STRATA_CHECK(spm != nullptr) << "strata-translate: raw text needs a SentencePiece model (format: strata)";
+    // Raw text -> ids: our SentencePiece vocabularies encode directly; a fairseq
+    // data-bin's dict.txt maps the pieces of the SentencePiece model the data-bin
+    // was made with (data.spm_model, e.g. the reference's sentencepiece.source.32000.model).
+    std::function<std::vector<int32_t>(const std::string&)> encode;
+    sentencepiece::SentencePieceProcessor pieces;
+    if (auto* spm = dynamic_cast<data::SentencePieceVocab*>(m.vocab.get())) {
+      encode = [spm](const std::string& line) { return spm->encode(line); };
+    } else if (auto* dict = dynamic_cast<data::FairseqDictionary*>(m.vocab.get())) {
+      const std::string& model = m.config.data.spm_model;
+      STRATA_CHECK(!model.empty()) << "strata-translate: the model was trained on a fairseq data-bin; set "
+                                      "data.spm_model (--set data.spm_model=PATH) to the SentencePiece model of its dictionary";
+      auto status = pieces.Load(model);
+      STRATA_CHECK(status.ok()) << "strata-translate: cannot load SentencePiece model '" << model << "': " << status.ToString();
+      encode = [dict, &pieces](const std::string& line) {
+        std::vector<std::string> ps;
+        pieces.Encode(line, &ps);
+        std::string joined;
+        for (size_t i = 0; i < ps.size(); ++i) joined += (i ? " " : "") + ps[i];
+        return dict->encode_symbols(joined);
+      };
+    } else {
+      STRATA_FAIL() << "strata-translate: unsupported vocabulary type";
+    }
     const int32_t lang = m.vocab->lang_id(target_lang);
 
     std::vector<std::string> lines;
@@ -82,7 +107,7 @@ int translate_main(int argc, const char* const* argv) {
     for (size_t i = 0; i < lines.size(); ++i) {
       STRATA_CHECK(data::is_valid_utf8(lines[i])) << (input.empty() ? "<stdin>" : input) << ":" << i + 1
                                                   << ": invalid UTF-8";
-      sources.push_back(spm->encode(lines[i]));
+      sources.push_back(encode(lines[i]));
     }
 
     TranslateOptions opt;
