@@ -62,41 +62,48 @@ deps:
 	@bash third_party/install_deps.sh --test
 
 # The README's test command: install what is missing, build, run every suite.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@bash test/run_tests.sh $(BUILD)
 
 # The README's main-job command.
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@bash jobs/demo.sh $(BUILD)
 
 $(BUILD)/obj/%.o: %.cpp
 	@mkdir -p $(@D)
-	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+	@echo "  CXX   $<"
+	@$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(@D)
-	$(NVCC) $(filter-out -MMD -MP,$(CPPFLAGS)) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+	@echo "  NVCC  $<"
+	@$(NVCC) $(filter-out -MMD -MP,$(CPPFLAGS)) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(@D)
 	@rm -f $@
-	@echo "ar $@"
+	@echo "  AR    $@"
 	@ar rcs $@ $^
 
 define app_rule
 $(BUILD)/$(subst _,-,$(basename $(notdir $(1)))): $(BUILD)/obj/$(1:.cpp=.o) $(LIB)
-	$$(CXX) $$(CXXFLAGS) $$^ -o $$@ $$(LDLIBS)
+	@echo "  LINK  $$@"
+	@$$(CXX) $$(CXXFLAGS) $$^ -o $$@ $$(LDLIBS)
 endef
 $(foreach s,$(APP_SRC),$(eval $(call app_rule,$(s))))
 
 $(UNIT_TESTS): $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIB)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+	@echo "  LINK  $@"
+	@$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/test/bench/%.o $(LIB)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+	@echo "  LINK  $@"
+	@$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
 clean:
 	rm -rf $(BUILD)

@@ -26,6 +26,15 @@ check "validation records routing statistics" grep -q '"moe_routing"' "$TMP/ck/m
 /usr/bin/python3 "$ROOT/data_tools/plot_routing" "$TMP/ck/metrics.jsonl" --out "$TMP/plots" > "$TMP/plot.log" 2>&1
 check "routing plots are written" bash -c "ls '$TMP/plots'/*.png > /dev/null 2>&1"
 ls "$TMP/plots" 2>/dev/null | sed 's/^/  plot: /'
+# the paper's M4 SMoE shape on the tiny model: 8 experts in strata 2-2-2-2
+"$BUILD/strata-train" "$ROOT/jobs/configs/tiny_smoe.yaml" --set data.data_dir="$TMP/data" \
+  --set data.lang_pairs=en-de,de-en --set data.valid_subset=dev --set moe.experts=8 --set moe.strata=2,2,2,2 \
+  --set train.max_update=20 --set train.validate_interval_updates=20 --set train.save_interval_updates=20 \
+  --set train.valid_bleu_sentences=4 --set decode.beam=1 --set train.save_dir="$TMP/ck2222" > "$TMP/train2222.log" 2>&1
+check "SMoE 2-2-2-2 trains from the config" test $? -eq 0
+/usr/bin/python3 "$ROOT/data_tools/plot_routing" "$TMP/ck2222/metrics.jsonl" --out "$TMP/plots2222" > /dev/null 2>&1
+check "SMoE 2-2-2-2 routing plots are written" bash -c "ls '$TMP/plots2222'/*.png > /dev/null 2>&1"
+
 cut -f1 "$FIXTURE/test.en-de.tsv" | head -10 > "$TMP/src.en"
 "$BUILD/strata-translate" "$TMP/ck" -t de -i "$TMP/src.en" -o "$TMP/hyp.de" --beam 2 > "$TMP/tr.log" 2>&1
 check "the SMoE model translates (one line per input)" test "$(wc -l < "$TMP/hyp.de" 2>/dev/null)" -eq 10
