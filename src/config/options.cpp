@@ -148,6 +148,8 @@ void describe(OptionRegistry& r, MoEOptions& o) {
   choice(r, "smoe_residual", o.smoe_residual,
          "residual base at strata >= 1: code = normalised value (reference), paper = raw stream (eq. 4-7)");
   r.add("hmoe_layernorm", o.hmoe_layernorm, "per-stratum LayerNorms; the block output is normalised").arch();
+  r.add("expert_parallel", o.expert_parallel,
+        "on W ranks each holds experts/W experts (experts % W == 0); false = every rank holds all");
   r.alias("moe_expert_count", "experts");
   r.alias("hmoe_dynamic", "strata");
   r.alias("moe_top1_expert", "top1");

@@ -6,9 +6,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <ostream>
 #include <sstream>
+#include <set>
 #include <thread>
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
@@ -33,6 +35,57 @@
 namespace strata::train {
 
 namespace {
+
+// Expert parallelism (docs/distributed.md): expert parameters carry their
+// global expert id in the name, "<block>.moe_layer.experts.<g>.<...>".
+constexpr const char* kExpertTag = ".moe_layer.experts.";
+bool is_expert_param(const std::string& name) { return name.find(kExpertTag) != std::string::npos; }
+bool is_shared_param(const std::string& name) { return !is_expert_param(name); }
+// Experts placed over the ranks (otherwise every rank holds every expert).
+bool expert_parallel(const config::Config& c, const dist::Communicator& comm) {
+  return c.moe.expert_parallel && comm.size() > 1;
+}
+
+// `name` with its global expert id moved by `delta`.
+std::string shift_expert_id(const std::string& name, int delta) {
+  const size_t p = name.find(kExpertTag) + std::char_traits<char>::length(kExpertTag);
+  const size_t e = name.find('.', p);
+  return name.substr(0, p) + std::to_string(std::stoi(name.substr(p, e - p)) + delta) + name.substr(e);
+}
+
+// Every rank's expert entries, under their global names, next to this rank's
+// shared ones: the checkpoint one process would write. Rank q holds experts
+// [q*L, (q+1)*L) in the same registration order as every other rank, so
+// rank q's copy of this rank's k-th entry is the same name shifted by
+// (q - rank) * L. Collective over `comm` (values travel as f64: exact for the
+// f32 weights and the i64 step counts).
+dist::NamedTensors gather_experts(dist::Communicator& comm, const dist::NamedTensors& entries, int local_experts) {
+  const int W = comm.size(), R = comm.rank();
+  dist::NamedTensors out;
+  for (const auto& [name, t] : entries) {
+    if (!is_expert_param(name)) {
+      out.emplace_back(name, t);
+      continue;
+    }
+    Tensor send = t.to(DType::F64).contiguous().reshape({t.numel()});
+    Tensor recv = Tensor::zeros({W, t.numel()}, DType::F64);
+    comm.all_gather(send, recv);
+    for (int q = 0; q < W; ++q)
+      out.emplace_back(shift_expert_id(name, (q - R) * local_experts),
+                       recv.select(0, q).reshape(t.shape()).to(t.dtype()).clone());
+  }
+  return out;
+}
+
+// The entries of a full checkpoint this rank holds: `wanted` names only.
+dist::NamedTensors only_names(const dist::NamedTensors& all, const dist::NamedTensors& wanted) {
+  std::set<std::string> keep;
+  for (const auto& kv : wanted) keep.insert(kv.first);
+  dist::NamedTensors out;
+  for (const auto& kv : all)
+    if (keep.count(kv.first)) out.push_back(kv);
+  return out;
+}
 constexpr double kLn2 = 0.69314718055994530942;
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -164,7 +217,21 @@ void Trainer::setup() {
   train_ = std::make_unique<data::TranslationBatches>(open_directions(cfg_, *vocab_, cfg_.data.train_subset), bo);
   if (cfg_.train.validate_interval_updates > 0)
     valid_ = std::make_unique<data::TranslationBatches>(open_directions(cfg_, *vocab_, cfg_.data.valid_subset), bo);
-  model_ = model::build_model(cfg_, V, vocab_->pad());
+  const int W = comm_->size();
+  if (cfg_.moe.expert_parallel && W > 1) {
+    const int E = cfg_.moe.experts;
+    // E < W would need replica groups (make_expert_groups(world, E).replica) for
+    // the expert gradients and checkpoint gather: not supported yet.
+    STRATA_CHECK(E >= W && E % W == 0) << "config: moe.expert_parallel needs experts to be a multiple of the "
+                                       << W << " ranks (experts " << E << "; fewer experts than ranks is not supported yet)";
+    STRATA_CHECK(cfg_.train.valid_bleu_sentences == 0)
+        << "config: moe.expert_parallel on " << W << " ranks needs train.valid_bleu_sentences 0 (BLEU decoding under expert parallelism is not supported yet)";
+    // E >= W: one expert-parallel group of all ranks (make_expert_groups' expert
+    // group is the world), each rank holding E/W experts of every block.
+    model_ = model::build_model(cfg_, V, vocab_->pad(), comm_);
+  } else {
+    model_ = model::build_model(cfg_, V, vocab_->pad());
+  }
   model_->init_parameters(uint64_t(cfg_.train.seed));
   AdamOptions ao;
   ao.beta1 = cfg_.train.adam_beta1;
@@ -186,10 +253,18 @@ void Trainer::setup() {
     if (train_->skipped()[d] > 0) log_ << " (" << train_->skipped()[d] << " over the length limits skipped)";
     log_ << "\n";
   }
-  STRATA_CHECK(model_->num_parameters() == model::count_parameters(cfg_, V))
-      << "model: parameter count " << model_->num_parameters() << " differs from the formula "
-      << model::count_parameters(cfg_, V);
+  // Under expert parallelism this rank holds 1/W of the expert parameters.
+  int64_t held = model_->num_parameters();
+  if (expert_parallel(cfg_, *comm_)) {
+    int64_t local_expert = 0;
+    for (const auto& [name, t] : model_->named_parameters())
+      if (is_expert_param(name)) local_expert += t.numel();
+    held += local_expert * (W - 1);
+  }
+  STRATA_CHECK(held == model::count_parameters(cfg_, V))
+      << "model: parameter count " << held << " differs from the formula " << model::count_parameters(cfg_, V);
 }
+
 
 std::vector<data::ExampleRef> Trainer::next_batch() {
   if (plan_epoch_ != state_.epoch) {
@@ -274,13 +349,32 @@ UpdateStats Trainer::train_update() {
     st.aux_loss_sum = v[3];
     st.gate_loss = v[4];
     st.batches = std::llround(v[5]);
-    dist::all_reduce_gradients(*comm_, model_->named_parameters());
+    // Under expert parallelism an expert's gradient already sums every rank's
+    // tokens (the all-to-all's adjoint brought them back): only the shared
+    // weights are reduced.
+    if (expert_parallel(cfg_, *comm_))
+      dist::all_reduce_gradients(*comm_, model_->named_parameters(), is_shared_param);
+    else
+      dist::all_reduce_gradients(*comm_, model_->named_parameters());
   }
   if (st.batches > 0) st.gate_loss /= double(st.batches);
   // fairseq normalises the summed gradients by the number of target tokens
   std::vector<Tensor> params = model_->parameters();
   scale_grads(params, 1.0 / double(std::max<int64_t>(st.tokens, 1)));
-  st.grad_norm = clip_grad_norm(params, cfg_.train.clip_norm);
+  std::function<double(double)> global_norm_sq;
+  if (expert_parallel(cfg_, *comm_)) {
+    // Global norm: shared_sq (the same on every rank) + the sum over the ranks
+    // of their local experts' squares (each expert counted once).
+    std::vector<Tensor> experts;
+    for (const auto& [name, t] : model_->named_parameters())
+      if (is_expert_param(name)) experts.push_back(t);
+    const double n = clip_grad_norm(experts, 0.0);  // measures only
+    const double expert_sq = n * n;
+    global_norm_sq = [this, expert_sq](double local_sq) {
+      return local_sq - expert_sq + comm_->all_reduce_scalar(expert_sq, dist::ReduceOp::Sum);
+    };
+  }
+  st.grad_norm = clip_grad_norm(params, cfg_.train.clip_norm, global_norm_sq);
   STRATA_CHECK(std::isfinite(st.grad_norm))
       << "training diverged at update " << state_.update + 1 << ": gradient norm is " << st.grad_norm
       << " (loss " << st.loss_sum / std::max<int64_t>(st.tokens, 1) << "); lower lr or enable clip_norm";
@@ -327,6 +421,23 @@ ValidationResult Trainer::validate() {
   }
   sums[3 * D] = nll_total;
   r.routing = aux.stats;
+  if (expert_parallel(cfg_, *comm_) && position > 0) {
+    // Every rank must join the same number of MoE forward passes (each holds
+    // all-to-alls): a rank dealt one batch fewer runs the first batch again
+    // and discards it (routing statistics were taken above).
+    const int64_t mine = position / W + (R < position % W ? 1 : 0);
+    for (int64_t extra = mine; extra < (position + W - 1) / W; ++extra) {
+      for (size_t d = 0; d < D; ++d) {
+        const auto plan = valid_->ordered_plan(d);
+        if (plan.empty()) continue;
+        data::Batch b = valid_->make_batch(plan.front());
+        aux.clear_losses();
+        aux.sentence_lang.assign(b.direction.begin(), b.direction.end());
+        model_->forward(b.src, b.prev, ctx);
+        break;
+      }
+    }
+  }
   if (W > 1) {
     Tensor t = Tensor::from_vector(sums, {int64_t(sums.size())});
     comm_->all_reduce(t, dist::ReduceOp::Sum);
@@ -425,13 +536,24 @@ bool Trainer::better(double metric) const {
 }
 
 void Trainer::save_checkpoint(const ValidationResult* valid) {
-  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at update " + std::to_string(state_.update));
+  const bool ep = expert_parallel(cfg_, *comm_);
+  // Experts differ between the ranks under expert parallelism: only the shared
+  // weights are replicas.
+  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at update " + std::to_string(state_.update),
+                             ep ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
+  dist::NamedTensors model_entries = model_->named_parameters(), optimizer_entries = adam_->state_dict();
+  if (ep) {
+    // Rank 0 writes every expert under its global id: the file one process writes.
+    const int L = cfg_.moe.experts / comm_->size();
+    model_entries = gather_experts(*comm_, model_entries, L);
+    optimizer_entries = gather_experts(*comm_, optimizer_entries, L);
+  }
   if (comm_->rank() != 0) return;
   const std::string& dir = cfg_.train.save_dir;
   {
     CheckpointWriter w(dir, "checkpoint_last");
-    w.write_safetensors("model.safetensors", model_->named_parameters());
-    w.write_safetensors("optimizer.safetensors", adam_->state_dict());
+    w.write_safetensors("model.safetensors", model_entries);
+    w.write_safetensors("optimizer.safetensors", optimizer_entries);
     w.write_text("trainer_state.yaml", state_to_yaml(state_, comm_->size()));
     w.write_text("config.yaml", config::to_yaml(cfg_));
     w.commit();
@@ -463,7 +585,11 @@ void Trainer::try_resume() {
   config::Config saved = config::load_config_string(read_file(*last + "/config.yaml"), *last + "/config.yaml");
   config::check_resume_compatible(saved, cfg_, *last);
   model_->load_parameters(load_safetensors(*last + "/model.safetensors").tensors, *last + "/model.safetensors");
-  adam_->load_state_dict(load_safetensors(*last + "/optimizer.safetensors").tensors);
+  // A checkpoint holds every expert by global id; under expert parallelism
+  // this rank takes its own experts' entries (the model ignores the others).
+  dist::NamedTensors optimizer_state = load_safetensors(*last + "/optimizer.safetensors").tensors;
+  if (expert_parallel(cfg_, *comm_)) optimizer_state = only_names(optimizer_state, adam_->state_dict());
+  adam_->load_state_dict(optimizer_state);
   int saved_world = 1;
   state_ = state_from_yaml(*last + "/trainer_state.yaml", &saved_world);
   STRATA_CHECK(state_.update == std::llround(found[0]))
@@ -486,7 +612,8 @@ int64_t Trainer::run() {
     Tensor p = model_->named_parameters().front().second;
     p.detach().fill_(0.125);
   }
-  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at start (update " + std::to_string(state_.update) + ")");
+  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at start (update " + std::to_string(state_.update) + ")",
+                             expert_parallel(cfg_, *comm_) ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
   if (comm_->size() > 1)
     log_ << "data parallel: " << comm_->size() << " ranks x update_freq " << cfg_.train.update_freq << " = "
          << comm_->size() * cfg_.train.update_freq << " batches per update\n";

@@ -68,6 +68,10 @@ struct MoEOptions {
   bool balance_loss_ignore_padding = false;
   SmoeResidual smoe_residual = SmoeResidual::Code;
   bool hmoe_layernorm = true;  // per-stratum LayerNorms (the reference's --hmoe-layernorm 1)
+  // Expert parallelism: on W ranks each holds experts/W experts of every MoE
+  // block (experts % W == 0) and tokens travel by all-to-all; false = every
+  // rank holds every expert (pure data parallelism).
+  bool expert_parallel = false;
 
   bool enabled() const { return experts > 0; }
   int num_strata() const { return strata.empty() ? (experts > 0 ? 1 : 0) : int(strata.size()); }
