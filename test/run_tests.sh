@@ -25,7 +25,8 @@ run_suite unit "$BUILD/strata-unit-tests" --order lex
 
 # The other suites, fastest first (seconds on the 2-core CI machine); any new
 # suite not listed here runs after them.
-ORDERED=(e2e/smoe_training e2e/translation_pipeline e2e/overfit e2e/reference_check mpi/data_parallel e2e/slurm)
+ORDERED=(e2e/smoe_training mpi/expert_parallel e2e/translation_pipeline e2e/overfit e2e/reference_check mpi/data_parallel
+  e2e/slurm)
 declare -A seen=()
 for name in "${ORDERED[@]}"; do
   [[ -e "test/$name.sh" ]] || continue
