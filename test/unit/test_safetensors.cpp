@@ -18,19 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // A fresh directory under /tmp, removed with its contents at scope exit.
-struct TempDir {
-  std::string path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "strata-io-XXXXXX").string();
-    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path) / name).string(); }
-};
+using test::TempDir;  // shared helper (test_util.h)
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -1,8 +1,11 @@
 // Shared helpers for the unit tests: random tensors, non-contiguous copies of
 // them, and element-wise comparison with a dtype-aware tolerance.
 #pragma once
+#include <stdlib.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -11,6 +14,26 @@
 #include "strata/core/tensor.h"
 
 namespace strata::test {
+
+// A fresh directory under the system temp dir, removed with everything in it
+// when the object goes out of scope.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const std::string& prefix = "strata-test") {
+    std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "-XXXXXX")).string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  // Path of an entry inside the directory.
+  std::string file(const std::string& name) const { return (std::filesystem::path(path) / name).string(); }
+  std::string sub(const std::string& name) const { return file(name); }
+};
 
 // Uniform in [lo, hi) from a Philox stream keyed by `seed`.
 inline Tensor rand(const Shape& s, uint64_t seed, DType dt = DType::F32, double lo = -1, double hi = 1) {
