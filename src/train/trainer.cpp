@@ -220,15 +220,16 @@ void Trainer::setup() {
   const int W = comm_->size();
   if (cfg_.moe.expert_parallel && W > 1) {
     const int E = cfg_.moe.experts;
-    // E < W would need replica groups (make_expert_groups(world, E).replica) for
-    // the expert gradients and checkpoint gather: not supported yet.
-    STRATA_CHECK(E >= W && E % W == 0) << "config: moe.expert_parallel needs experts to be a multiple of the "
-                                       << W << " ranks (experts " << E << "; fewer experts than ranks is not supported yet)";
+    STRATA_CHECK(E >= 1 && (E % W == 0 || W % E == 0))
+        << "config: moe.expert_parallel needs experts to be a multiple of the " << W
+        << " ranks or the ranks a multiple of the experts (experts " << E << ")";
     STRATA_CHECK(cfg_.train.valid_bleu_sentences == 0)
         << "config: moe.expert_parallel on " << W << " ranks needs train.valid_bleu_sentences 0 (BLEU decoding under expert parallelism is not supported yet)";
-    // E >= W: one expert-parallel group of all ranks (make_expert_groups' expert
-    // group is the world), each rank holding E/W experts of every block.
-    model_ = model::build_model(cfg_, V, vocab_->pad(), comm_);
+    // fairseq's layout (dist/groups.h): E >= W, one all-to-all group of all
+    // ranks, E/W experts each; E < W, W/E groups of E consecutive ranks, one
+    // expert each, every expert replicated over {e, e+E, ...}.
+    groups_ = std::make_unique<dist::ExpertGroups>(dist::make_expert_groups(*comm_, E));
+    model_ = model::build_model(cfg_, V, vocab_->pad(), groups_->expert.get());
   } else {
     model_ = model::build_model(cfg_, V, vocab_->pad());
   }
@@ -253,13 +254,13 @@ void Trainer::setup() {
     if (train_->skipped()[d] > 0) log_ << " (" << train_->skipped()[d] << " over the length limits skipped)";
     log_ << "\n";
   }
-  // Under expert parallelism this rank holds 1/W of the expert parameters.
+  // Under expert parallelism this rank holds 1/min(E, W) of the expert parameters.
   int64_t held = model_->num_parameters();
   if (expert_parallel(cfg_, *comm_)) {
     int64_t local_expert = 0;
     for (const auto& [name, t] : model_->named_parameters())
       if (is_expert_param(name)) local_expert += t.numel();
-    held += local_expert * (W - 1);
+    held += local_expert * (groups_->placement.group_size - 1);
   }
   STRATA_CHECK(held == model::count_parameters(cfg_, V))
       << "model: parameter count " << held << " differs from the formula " << model::count_parameters(cfg_, V);
@@ -352,9 +353,14 @@ UpdateStats Trainer::train_update() {
     // Under expert parallelism an expert's gradient already sums every rank's
     // tokens (the all-to-all's adjoint brought them back): only the shared
     // weights are reduced.
-    if (expert_parallel(cfg_, *comm_))
+    // With E < W each expert's copies (its replica group) hold the tokens of
+    // their own all-to-all groups: summed over the replicas they hold every
+    // token, scaled below by the global count like the shared weights.
+    if (expert_parallel(cfg_, *comm_)) {
       dist::all_reduce_gradients(*comm_, model_->named_parameters(), is_shared_param);
-    else
+      if (groups_->placement.replicas > 1)
+        dist::all_reduce_gradients(*groups_->replica, model_->named_parameters(), is_expert_param);
+    } else
       dist::all_reduce_gradients(*comm_, model_->named_parameters());
   }
   if (st.batches > 0) st.gate_loss /= double(st.batches);
@@ -363,15 +369,16 @@ UpdateStats Trainer::train_update() {
   scale_grads(params, 1.0 / double(std::max<int64_t>(st.tokens, 1)));
   std::function<double(double)> global_norm_sq;
   if (expert_parallel(cfg_, *comm_)) {
-    // Global norm: shared_sq (the same on every rank) + the sum over the ranks
-    // of their local experts' squares (each expert counted once).
+    // Global norm: shared_sq (the same on every rank) + the sum over one
+    // all-to-all group of its ranks' local experts' squares (each expert
+    // counted once; the replicas are equal after the reduction above).
     std::vector<Tensor> experts;
     for (const auto& [name, t] : model_->named_parameters())
       if (is_expert_param(name)) experts.push_back(t);
     const double n = clip_grad_norm(experts, 0.0);  // measures only
     const double expert_sq = n * n;
     global_norm_sq = [this, expert_sq](double local_sq) {
-      return local_sq - expert_sq + comm_->all_reduce_scalar(expert_sq, dist::ReduceOp::Sum);
+      return local_sq - expert_sq + groups_->expert->all_reduce_scalar(expert_sq, dist::ReduceOp::Sum);
     };
   }
   st.grad_norm = clip_grad_norm(params, cfg_.train.clip_norm, global_norm_sq);
@@ -535,18 +542,31 @@ bool Trainer::better(double metric) const {
   return cfg_.train.maximize_best_metric() ? metric > state_.best_metric : metric < state_.best_metric;
 }
 
+// Shared weights agree over the world; under expert parallelism experts
+// differ between the ranks of an all-to-all group but agree with their copies
+// in the replica group.
+void Trainer::check_replicas(const std::string& when) {
+  const bool ep = expert_parallel(cfg_, *comm_);
+  dist::check_replicas_agree(*comm_, model_->named_parameters(), when,
+                             ep ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
+  if (ep && groups_->placement.replicas > 1)
+    dist::check_replicas_agree(*groups_->replica, model_->named_parameters(), when + " (expert replicas)",
+                               is_expert_param);
+}
+
 void Trainer::save_checkpoint(const ValidationResult* valid) {
   const bool ep = expert_parallel(cfg_, *comm_);
   // Experts differ between the ranks under expert parallelism: only the shared
   // weights are replicas.
-  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at update " + std::to_string(state_.update),
-                             ep ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
+  check_replicas("at update " + std::to_string(state_.update));
   dist::NamedTensors model_entries = model_->named_parameters(), optimizer_entries = adam_->state_dict();
-  if (ep) {
-    // Rank 0 writes every expert under its global id: the file one process writes.
-    const int L = cfg_.moe.experts / comm_->size();
-    model_entries = gather_experts(*comm_, model_entries, L);
-    optimizer_entries = gather_experts(*comm_, optimizer_entries, L);
+  // Rank 0 writes every expert under its global id: the file one process
+  // writes. Its all-to-all group (colour 0) holds every expert once; the
+  // other groups hold copies and skip the gather.
+  if (ep && groups_->placement.expert_group_color(comm_->rank()) == 0) {
+    const int L = groups_->placement.local_experts;
+    model_entries = gather_experts(*groups_->expert, model_entries, L);
+    optimizer_entries = gather_experts(*groups_->expert, optimizer_entries, L);
   }
   if (comm_->rank() != 0) return;
   const std::string& dir = cfg_.train.save_dir;
@@ -612,8 +632,7 @@ int64_t Trainer::run() {
     Tensor p = model_->named_parameters().front().second;
     p.detach().fill_(0.125);
   }
-  dist::check_replicas_agree(*comm_, model_->named_parameters(), "at start (update " + std::to_string(state_.update) + ")",
-                             expert_parallel(cfg_, *comm_) ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
+  check_replicas("at start (update " + std::to_string(state_.update) + ")");
   if (comm_->size() > 1)
     log_ << "data parallel: " << comm_->size() << " ranks x update_freq " << cfg_.train.update_freq << " = "
          << comm_->size() * cfg_.train.update_freq << " batches per update\n";

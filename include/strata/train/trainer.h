@@ -29,6 +29,7 @@
 #include "strata/data/translation_batches.h"
 #include "strata/data/vocabulary.h"
 #include "strata/dist/communicator.h"
+#include "strata/dist/groups.h"
 #include "strata/model/transformer_model.h"
 #include "strata/moe/routing_stats.h"
 #include "strata/train/adam.h"
@@ -118,6 +119,7 @@ class Trainer {
  private:
   void setup();
   void try_resume();
+  void check_replicas(const std::string& when);
   std::vector<data::ExampleRef> next_batch();
   // This rank's (slot, batch) pairs of the next window; advances the global position.
   std::vector<std::pair<int64_t, std::vector<data::ExampleRef>>> window_batches();
@@ -130,6 +132,10 @@ class Trainer {
   TestHooks hooks_;
   std::shared_ptr<data::Vocabulary> vocab_;
   std::unique_ptr<data::TranslationBatches> train_, valid_;
+  // Expert parallelism: the all-to-all and replica groups (null otherwise).
+  // Declared before model_, whose MoE blocks hold the expert group: it must
+  // outlive them.
+  std::unique_ptr<dist::ExpertGroups> groups_;
   std::unique_ptr<model::TransformerModel> model_;
   std::unique_ptr<Adam> adam_;
   std::unique_ptr<LrSchedule> schedule_;
