@@ -67,7 +67,7 @@ ExpertPlacement ExpertPlacement::of(int64_t experts, const dist::Communicator& c
   p.rank = comm.rank();
   STRATA_CHECK(experts % p.world == 0)
       << "moe: " << experts << " experts do not split evenly over " << p.world << " ranks of '" << comm.name()
-      << "' (replicating experts when there are fewer experts than ranks is not implemented yet)";
+      << "' (with fewer experts than ranks, build the model over an expert group of dist::make_expert_groups)";
   p.num_local = experts / p.world;
   p.first_local = int64_t(p.rank) * p.num_local;
   return p;
