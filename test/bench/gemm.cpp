@@ -106,6 +106,22 @@ void eigen_gemm(const Case& c, const float* a, const float* b, float* out) {
   else C.noalias() = A * B;
 }
 
+// Mean number of processes other than this one that were runnable, over ten
+// samples in 0.5 s (/proc/stat procs_running counts this thread too).
+double other_runnable() {
+  int total = 0;
+  for (int i = 0; i < 10; ++i) {
+    FILE* f = std::fopen("/proc/stat", "r");
+    if (!f) return 0;
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::strncmp(line, "procs_running ", 14) == 0) total += std::max(0, std::atoi(line + 14) - 1);
+    std::fclose(f);
+    usleep(50000);
+  }
+  return total / 10.0;
+}
+
 std::string cpu_model() {
   FILE* f = std::fopen("/proc/cpuinfo", "r");
   if (!f) return "unknown";
@@ -138,10 +154,14 @@ int main(int argc, char** argv) {
               openblas_get_config(), openblas_get_corename(),
               openblas_get_parallel() == 2 ? "OpenMP" : openblas_get_parallel() == 1 ? "pthread" : "no",
               blas_threads, omp_get_max_threads(), EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION);
-  double load[1] = {0};
-  if (getloadavg(load, 1) == 1 && load[0] > 0.5)
-    std::printf("warning: load average %.2f: other processes share the cores, timings are unreliable\n\n",
-                load[0]);
+  const double busy = other_runnable();
+  if (busy >= 0.5)
+    std::printf("warning: %.1f other processes on average were runnable: timings are unreliable\n", busy);
+  if (std::string(openblas_get_corename()) == "Haswell" && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    std::printf("note: this CPU has AVX-512 but OpenBLAS chose its AVX2 (Haswell) kernels; "
+                "OPENBLAS_CORETYPE=SkylakeX selects the AVX-512 ones\n");
+  std::printf("\n");
 
   std::vector<Case> cases = {
       {"256^3", 256, 256, 256, false, false},
