@@ -32,7 +32,7 @@ endif
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
   CPPFLAGS += -DSTRATA_WITH_CUDA -isystem $(CUDA_HOME)/include
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcublasLt -lcudnn -lnccl
   GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a)) \
              -gencode arch=compute_$(lastword $(CUDA_ARCHS)),code=compute_$(lastword $(CUDA_ARCHS))
   NVCCFLAGS := -std=c++17 $(OPT) $(GENCODE) --expt-relaxed-constexpr -Xcompiler -fopenmp,-Wall
@@ -48,6 +48,9 @@ APP_SRC := $(wildcard src/apps/*.cpp) $(wildcard data_tools/*.cpp)
 APPS := $(foreach s,$(APP_SRC),$(BUILD)/$(subst _,-,$(basename $(notdir $(s)))))
 UNIT_SRC := $(wildcard test/unit/*.cpp)
 UNIT_TESTS := $(BUILD)/strata-unit-tests
+# GPU tests (test/cuda/): built whenever CUDA=1, so CI compiles them; they run on a GPU machine.
+CUDA_TEST_SRC := $(if $(filter 1,$(CUDA)),$(wildcard test/cuda/*.cpp))
+CUDA_TESTS := $(if $(filter 1,$(CUDA)),$(BUILD)/strata-cuda-tests)
 BENCH_SRC := $(wildcard test/bench/*.cpp)
 BENCHES := $(foreach s,$(BENCH_SRC),$(BUILD)/bench/$(basename $(notdir $(s))))
 
@@ -55,7 +58,7 @@ BENCHES := $(foreach s,$(BENCH_SRC),$(BUILD)/bench/$(basename $(notdir $(s))))
 all: lib apps tests bench
 lib: $(LIB)
 apps: $(APPS)
-tests: $(UNIT_TESTS)
+tests: $(UNIT_TESTS) $(CUDA_TESTS)
 bench: $(BENCHES)
 
 deps:
@@ -100,6 +103,10 @@ $(UNIT_TESTS): $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIB)
 	@echo "  LINK  $@"
 	@$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
 
+$(BUILD)/strata-cuda-tests: $(CUDA_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(LIB)
+	@echo "  LINK  $@"
+	@$(CXX) $(CXXFLAGS) $^ -o $@ $(LDLIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/test/bench/%.o $(LIB)
 	@mkdir -p $(@D)
 	@echo "  LINK  $@"
@@ -113,6 +120,6 @@ clean:
 FLAGS_STAMP := $(BUILD)/.flags
 FLAGS_NOW := $(CXX) $(CPPFLAGS) $(CXXFLAGS) $(NVCCFLAGS) $(LDLIBS)
 $(shell mkdir -p $(BUILD) && (echo '$(FLAGS_NOW)' | cmp -s - $(FLAGS_STAMP) || echo '$(FLAGS_NOW)' > $(FLAGS_STAMP)))
-$(LIB_OBJ) $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(APP_SRC:%.cpp=$(BUILD)/obj/%.o) $(BENCH_SRC:%.cpp=$(BUILD)/obj/%.o): $(FLAGS_STAMP)
+$(LIB_OBJ) $(UNIT_SRC:%.cpp=$(BUILD)/obj/%.o) $(CUDA_TEST_SRC:%.cpp=$(BUILD)/obj/%.o) $(APP_SRC:%.cpp=$(BUILD)/obj/%.o) $(BENCH_SRC:%.cpp=$(BUILD)/obj/%.o): $(FLAGS_STAMP)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -9,6 +9,10 @@
 #include "strata/core/philox.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/context.h"
+#endif
+
 namespace strata {
 
 namespace {
@@ -17,6 +21,30 @@ void require_cpu(const Tensor& t, const char* op) {
                                     << " needs the CUDA backend for this operation";
 }
 }  // namespace
+
+// ---------------------------------------------------------------- devices
+
+Tensor Tensor::to(Device device) const {
+  if (this->device() == device) return *this;
+#ifdef STRATA_WITH_CUDA
+  // Host <-> device (or device <-> device) copies of a contiguous copy, in
+  // stream order on the compute stream; the host side waits for the copy.
+  Tensor src = this->device().is_cpu() ? contiguous() : *this;
+  STRATA_CHECK(src.is_contiguous()) << "Tensor::to(" << device.str() << "): " << str()
+                                    << " must be contiguous on the GPU (call contiguous() there first)";
+  Tensor out = empty(shape(), dtype(), device);
+  if (nbytes() == 0) return out;
+  cudaMemcpyKind kind = this->device().is_cpu() ? cudaMemcpyHostToDevice
+                        : device.is_cpu()       ? cudaMemcpyDeviceToHost
+                                                : cudaMemcpyDeviceToDevice;
+  STRATA_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), src.raw_data(), nbytes(), kind, cuda::compute_stream()));
+  if (kind != cudaMemcpyDeviceToDevice) cuda::synchronize();
+  return out;
+#else
+  STRATA_FAIL() << "Tensor::to(" << device.str() << "): this build has no CUDA backend (build with CUDA=1)";
+  return *this;
+#endif
+}
 
 // ---------------------------------------------------------------- creation
 

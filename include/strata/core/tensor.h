@@ -92,6 +92,8 @@ class Tensor {
   Tensor contiguous() const;  // itself when already contiguous, else a copy
   Tensor clone() const;       // always a contiguous copy
   Tensor to(DType dtype) const;  // cast (copy); itself when already that dtype
+  // Copy to another device (contiguous, same dtype); itself when already there.
+  Tensor to(Device device) const;
   // Copies src (same shape; any dtype/strides) into this view, element by element.
   void copy_(const Tensor& src) const;
   void fill_(double value) const;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "strata/core/allocator.h"
+#include "strata/backend/cuda/context.h"
 #include "strata/core/cuda_check.h"
 
 namespace strata {
@@ -35,6 +36,7 @@ class CudaCachingAllocator final : public Allocator {
       }
       stats_.bytes_reserved += cls;
     }
+    if (cuda::allocation_poison()) STRATA_CUDA_CHECK(cudaMemsetAsync(p, 0xFF, cls, cuda::compute_stream()));
     stats_.bytes_in_use += cls;
     if (stats_.bytes_in_use > stats_.peak_bytes_in_use) stats_.peak_bytes_in_use = stats_.bytes_in_use;
     return p;
