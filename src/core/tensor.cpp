@@ -11,15 +11,18 @@
 
 #ifdef STRATA_WITH_CUDA
 #include "strata/backend/cuda/context.h"
+#include "strata/backend/cuda/copy.h"
 #endif
 
 namespace strata {
 
 namespace {
+#ifndef STRATA_WITH_CUDA
 void require_cpu(const Tensor& t, const char* op) {
   STRATA_CHECK(t.device().is_cpu()) << op << ": tensor on " << t.device().str()
-                                    << " needs the CUDA backend for this operation";
+                                    << " needs the CUDA backend (build with CUDA=1)";
 }
+#endif
 }  // namespace
 
 // ---------------------------------------------------------------- devices
@@ -27,24 +30,51 @@ void require_cpu(const Tensor& t, const char* op) {
 Tensor Tensor::to(Device device) const {
   if (this->device() == device) return *this;
 #ifdef STRATA_WITH_CUDA
-  // Host <-> device (or device <-> device) copies of a contiguous copy, in
-  // stream order on the compute stream; the host side waits for the copy.
-  Tensor src = this->device().is_cpu() ? contiguous() : *this;
-  STRATA_CHECK(src.is_contiguous()) << "Tensor::to(" << device.str() << "): " << str()
-                                    << " must be contiguous on the GPU (call contiguous() there first)";
+  // A contiguous same-dtype copy; copy_ stages a non-contiguous source (a GPU
+  // view too) on its own device, then makes one transfer.
   Tensor out = empty(shape(), dtype(), device);
-  if (nbytes() == 0) return out;
-  cudaMemcpyKind kind = this->device().is_cpu() ? cudaMemcpyHostToDevice
-                        : device.is_cpu()       ? cudaMemcpyDeviceToHost
-                                                : cudaMemcpyDeviceToDevice;
-  STRATA_CUDA_CHECK(cudaMemcpyAsync(out.raw_data(), src.raw_data(), nbytes(), kind, cuda::compute_stream()));
-  if (kind != cudaMemcpyDeviceToDevice) cuda::synchronize();
+  out.copy_(*this);
   return out;
 #else
   STRATA_FAIL() << "Tensor::to(" << device.str() << "): this build has no CUDA backend (build with CUDA=1)";
   return *this;
 #endif
 }
+
+#ifdef STRATA_WITH_CUDA
+namespace {
+// copy_ when at least one side is on a GPU. Same device: one kernel (cast and
+// strides in one pass). Different devices: a contiguous same-dtype staging
+// copy on the source side, one transfer on the compute stream, then the cast
+// and strides on the destination side (skipped when dst can take the bytes as
+// they are). Transfers to or from the host wait for the GPU, so the host
+// buffers are free to reuse when this returns.
+void copy_with_gpu(const Tensor& dst, const Tensor& src) {
+  if (dst.numel() == 0) return;
+  if (dst.device() == src.device()) {
+    backend::cuda::copy_(dst, src);
+    return;
+  }
+  const Tensor s = src.contiguous();
+  const bool direct = dst.dtype() == s.dtype() && dst.is_contiguous();
+  const Tensor landing = direct ? dst : Tensor::empty(s.shape(), s.dtype(), dst.device());
+  cudaStream_t stream = cuda::compute_stream();
+  if (src.device().is_cpu()) {
+    STRATA_CUDA_CHECK(cudaMemcpyAsync(landing.raw_data(), s.raw_data(), s.nbytes(), cudaMemcpyHostToDevice, stream));
+    cuda::synchronize();
+    if (!direct) backend::cuda::copy_(dst, landing);
+  } else if (dst.device().is_cpu()) {
+    STRATA_CUDA_CHECK(cudaMemcpyAsync(landing.raw_data(), s.raw_data(), s.nbytes(), cudaMemcpyDeviceToHost, stream));
+    cuda::synchronize();
+    if (!direct) dst.copy_(landing);  // CPU cast/strides
+  } else {  // GPU -> another GPU
+    STRATA_CUDA_CHECK(cudaMemcpyPeerAsync(landing.raw_data(), dst.device().index, s.raw_data(), s.device().index,
+                                          s.nbytes(), stream));
+    if (!direct) backend::cuda::copy_(dst, landing);
+  }
+}
+}  // namespace
+#endif
 
 // ---------------------------------------------------------------- creation
 
@@ -68,6 +98,9 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) { return fu
 Tensor Tensor::ones(const Shape& shape, DType dtype, Device device) { return full(shape, 1.0, dtype, device); }
 Tensor Tensor::scalar(double value, DType dtype) { return full({}, value, dtype); }
 
+// arange, uniform and normal (like scalar and from_vector) build CPU tensors;
+// callers move them with to(Device). Philox gives the same numbers on any
+// device, so a GPU generator can be added later without changing results.
 Tensor Tensor::arange(int64_t n, DType dtype) {
   Tensor t = empty({n}, dtype);
   dispatch_dtype(dtype, "arange", [&](auto tag) {
@@ -123,17 +156,20 @@ void* Tensor::raw_data() const {
 
 double Tensor::item() const {
   STRATA_CHECK(numel() == 1) << "Tensor::item: tensor " << str() << " has " << numel() << " elements, expected 1";
-  require_cpu(*this, "Tensor::item");
-  return dispatch_dtype(dtype(), "item", [&](auto tag) {
+  // A GPU value is copied to the host first (this waits for the GPU).
+  const Tensor h = device().is_cpu() ? *this : to(Device::cpu());
+  return dispatch_dtype(h.dtype(), "item", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return double(to_compute(*static_cast<const T*>(raw_data())));
+    return double(to_compute(*static_cast<const T*>(h.raw_data())));
   });
 }
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
-  Tensor c = to(DTypeOf<T>::value).contiguous();
-  require_cpu(c, "Tensor::to_vector");
+  // GPU data is copied to the host as it is stored, then cast there, so the
+  // values are exactly those of the CPU path.
+  const Tensor h = device().is_cpu() ? *this : to(Device::cpu());
+  Tensor c = h.to(DTypeOf<T>::value).contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
 }
@@ -373,8 +409,15 @@ Tensor Tensor::to(DType t) const {
 
 void Tensor::copy_(const Tensor& src) const {
   STRATA_CHECK(src.shape() == shape()) << "copy_: source " << src.str() << " does not match destination " << str();
-  require_cpu(*this, "copy_");
-  require_cpu(src, "copy_");
+  if (!device().is_cpu() || !src.device().is_cpu()) {
+#ifdef STRATA_WITH_CUDA
+    copy_with_gpu(*this, src);
+    return;
+#else
+    require_cpu(*this, "copy_");
+    require_cpu(src, "copy_");
+#endif
+  }
   char* dst_base = static_cast<char*>(impl().storage->data());
   const char* src_base = static_cast<const char*>(src.impl().storage->data());
   if (dtype() == src.dtype() && is_contiguous() && src.is_contiguous()) {
@@ -400,7 +443,14 @@ void Tensor::copy_(const Tensor& src) const {
 }
 
 void Tensor::fill_(double value) const {
-  require_cpu(*this, "fill_");
+  if (!device().is_cpu()) {
+#ifdef STRATA_WITH_CUDA
+    backend::cuda::fill_(*this, value);
+    return;
+#else
+    require_cpu(*this, "fill_");
+#endif
+  }
   dispatch_dtype(dtype(), "fill_", [&](auto tag) {
     using T = typename decltype(tag)::type;
     T v = from_compute<T>(value);

@@ -3,9 +3,17 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/accumulate.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 void accumulate_(const Tensor& dst, const Tensor& src, double alpha) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("accumulate_", {dst, src})) return cuda::accumulate_(dst, src, alpha);
+#endif
   STRATA_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype())
       << "accumulate_: cannot add " << src.str() << " into " << dst.str();
   STRATA_CHECK(dst.device().is_cpu() && src.device().is_cpu()) << "accumulate_: CPU tensors expected";
@@ -31,6 +39,9 @@ void accumulate_(const Tensor& dst, const Tensor& src, double alpha) {
 }
 
 void scale_(const Tensor& dst, double alpha) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("scale_", {dst})) return cuda::scale_(dst, alpha);
+#endif
   STRATA_CHECK(dst.device().is_cpu()) << "scale_: CPU tensor expected";
   dispatch_float(dst.dtype(), "scale_", [&](auto tag) {
     using T = typename decltype(tag)::type;

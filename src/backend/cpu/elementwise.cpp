@@ -14,6 +14,11 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/elementwise.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 namespace {
@@ -353,6 +358,9 @@ const char* binary_name(BinaryOp op) {
 
 Tensor unary(UnaryOp op, const Tensor& x) {
   const char* name = unary_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {x})) return cuda::unary(op, x);
+#endif
   require_cpu(x, name);
   return dispatch_float(x.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -362,6 +370,9 @@ Tensor unary(UnaryOp op, const Tensor& x) {
 
 Tensor unary_backward(UnaryOp op, const Tensor& grad_y, const Tensor& x, const Tensor& y) {
   const char* name = unary_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {grad_y, x, y})) return cuda::unary_backward(op, grad_y, x, y);
+#endif
   // Which saved tensor the derivative reads; the other may be undefined.
   const bool uses_x = op == UnaryOp::Log || op == UnaryOp::Relu || op == UnaryOp::Gelu || op == UnaryOp::Abs ||
                       op == UnaryOp::Square;
@@ -386,6 +397,9 @@ Tensor unary_backward(UnaryOp op, const Tensor& grad_y, const Tensor& x, const T
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   const char* name = binary_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {a, b})) return cuda::binary(op, a, b);
+#endif
   require_cpu(a, name);
   require_cpu(b, name);
   check_same_dtype(a, b, name);
@@ -400,6 +414,9 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
 
 Tensor binary_scalar(BinaryOp op, const Tensor& a, double s) {
   const char* name = binary_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {a})) return cuda::binary_scalar(op, a, s);
+#endif
   require_cpu(a, name);
   return dispatch_float(a.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -412,6 +429,9 @@ Tensor binary_scalar(BinaryOp op, const Tensor& a, double s) {
 
 Tensor scalar_binary(BinaryOp op, double s, const Tensor& a) {
   const char* name = binary_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {a})) return cuda::scalar_binary(op, s, a);
+#endif
   require_cpu(a, name);
   return dispatch_float(a.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -422,6 +442,9 @@ Tensor scalar_binary(BinaryOp op, double s, const Tensor& a) {
 
 Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
   const char* name = compare_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {a, b})) return cuda::compare(op, a, b);
+#endif
   require_cpu(a, name);
   require_cpu(b, name);
   check_same_dtype(a, b, name);
@@ -437,6 +460,9 @@ Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
 
 Tensor compare_scalar(CompareOp op, const Tensor& a, double s) {
   const char* name = compare_name(op);
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda(name, {a})) return cuda::compare_scalar(op, a, s);
+#endif
   require_cpu(a, name);
   return dispatch_dtype(a.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -454,6 +480,9 @@ Tensor compare_scalar(CompareOp op, const Tensor& a, double s) {
 }
 
 Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("where", {cond, a, b})) return cuda::where(cond, a, b);
+#endif
   require_cpu(cond, "where");
   require_cpu(a, "where");
   require_cpu(b, "where");
@@ -469,6 +498,9 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("masked_fill", {x, mask})) return cuda::masked_fill(x, mask, value);
+#endif
   require_cpu(x, "masked_fill");
   require_cpu(mask, "masked_fill");
   STRATA_CHECK(mask.dim() <= x.dim() && broadcast_shapes(x.shape(), mask.shape(), "masked_fill") == x.shape())
@@ -484,6 +516,9 @@ Tensor masked_fill(const Tensor& x, const Tensor& mask, double value) {
 }
 
 Tensor sum_to_shape(const Tensor& g, const Shape& shape) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("sum_to_shape", {g})) return cuda::sum_to_shape(g, shape);
+#endif
   if (g.shape() == shape) return g;
   STRATA_CHECK(shape.size() <= size_t(g.dim()) && broadcast_shapes(shape, g.shape(), "sum_to_shape") == g.shape())
       << "sum_to_shape: " << shape_str(shape) << " does not broadcast to the gradient's " << shape_str(g.shape());
