@@ -4,9 +4,16 @@
 #include <cstring>
 
 #include "strata/autograd/node.h"
+#include "strata/backend/device_dispatch.h"
+#include "strata/backend/elementwise.h"
 #include "strata/backend/gemm.h"
+#include "strata/backend/reduce.h"
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
+
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/gemm.h"
+#endif
 
 namespace strata {
 
@@ -93,43 +100,69 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
   return record_product("bmm", mm, a, b, trans_a, trans_b);
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  STRATA_CHECK(x.defined() && weight.defined()) << "linear: undefined input or weight";
-  STRATA_CHECK(x.dim() >= 1 && weight.dim() == 2) << "linear: expected x [..., in] and weight [out, in], got x "
+namespace {
+
+// Shared by linear and linear_relu: checks, one GEMM over all leading dims
+// (weight read transposed in place; on a GPU with the bias and ReLU fused into
+// the GEMM's epilogue), and the backward. With `relu`, the incoming gradient
+// is first masked by output > 0 (the same mask as input > 0, so relu'(0) = 0
+// as in relu()).
+Tensor linear_impl(const char* name, const Tensor& x, const Tensor& weight, const Tensor& bias, bool relu) {
+  STRATA_CHECK(x.defined() && weight.defined()) << name << ": undefined input or weight";
+  STRATA_CHECK(x.dim() >= 1 && weight.dim() == 2) << name << ": expected x [..., in] and weight [out, in], got x "
                                                   << shape_str(x.shape()) << ", weight " << shape_str(weight.shape());
   const int64_t in = weight.shape()[1], out = weight.shape()[0];
-  STRATA_CHECK(x.shape().back() == in) << "linear: x " << shape_str(x.shape()) << " has " << x.shape().back()
+  STRATA_CHECK(x.shape().back() == in) << name << ": x " << shape_str(x.shape()) << " has " << x.shape().back()
                                        << " features, weight " << shape_str(weight.shape()) << " expects " << in;
-  STRATA_CHECK(x.dtype() == weight.dtype()) << "linear: dtypes differ: x " << x.str() << ", weight " << weight.str();
+  STRATA_CHECK(x.dtype() == weight.dtype()) << name << ": dtypes differ: x " << x.str() << ", weight " << weight.str();
   if (bias.defined()) {
     STRATA_CHECK(bias.dim() == 1 && bias.shape()[0] == out)
-        << "linear: bias " << shape_str(bias.shape()) << " does not match weight " << shape_str(weight.shape())
+        << name << ": bias " << shape_str(bias.shape()) << " does not match weight " << shape_str(weight.shape())
         << " (expected [" << out << "])";
-    STRATA_CHECK(bias.dtype() == x.dtype()) << "linear: dtypes differ: x " << x.str() << ", bias " << bias.str();
-    STRATA_CHECK(bias.device().is_cpu()) << "linear: bias on " << bias.device().str() << " needs the CUDA backend";
+    STRATA_CHECK(bias.dtype() == x.dtype()) << name << ": dtypes differ: x " << x.str() << ", bias " << bias.str();
   }
+  const bool gpu = backend::on_cuda(name, {x, weight, bias});
   const Shape in_shape = x.shape();
   const int64_t rows = shape_numel(Shape(in_shape.begin(), in_shape.end() - 1));
-  // One GEMM over all leading dims; weight is read transposed in place.
   Tensor x2 = x.detach().reshape({rows, in});
   Tensor y2;
-  if (bias.defined()) {
-    y2 = repeat_rows(bias, rows);
-    backend::gemm_into(y2, x2, weight, false, true, 1.0, 1.0);
-  } else {
-    y2 = backend::matmul(x2, weight, false, true);
+#ifdef STRATA_WITH_CUDA
+  if (gpu) y2 = backend::cuda::linear_forward(x2, weight.detach(), bias.defined() ? bias.detach() : Tensor(), relu);
+#endif
+  if (!gpu) {
+    if (bias.defined()) {
+      y2 = repeat_rows(bias, rows);
+      backend::gemm_into(y2, x2, weight, false, true, 1.0, 1.0);
+    } else {
+      y2 = backend::matmul(x2, weight, false, true);
+    }
+    if (relu) y2 = backend::unary(backend::UnaryOp::Relu, y2);
   }
   Shape y_shape = in_shape;
   y_shape.back() = out;
   const bool need_x = x.needs_grad(), need_w = weight.needs_grad(), need_b = bias.defined() && bias.needs_grad();
   Tensor x_saved = need_w ? x2 : Tensor(), w_saved = need_x ? weight.detach() : Tensor();
-  return record("linear", y2.view(y_shape), {x, weight, bias}, [=](const Tensor& g) -> std::vector<Tensor> {
+  Tensor y_saved = relu && (need_x || need_w || need_b) ? y2 : Tensor();
+  return record(name, y2.view(y_shape), {x, weight, bias}, [=](const Tensor& g) -> std::vector<Tensor> {
     Tensor g2 = g.reshape({rows, out});
+    // relu's backward reads its input only through the sign, and y > 0 exactly where the input is.
+    if (relu) g2 = backend::unary_backward(backend::UnaryOp::Relu, g2, y_saved, Tensor());
     Tensor gx = need_x ? backend::matmul(g2, w_saved).view(in_shape) : Tensor();  // [rows,out] @ [out,in]
     Tensor gw = need_w ? backend::matmul(g2, x_saved, true, false) : Tensor();   // g2^T @ x2
-    Tensor gb = need_b ? sum_rows(g2) : Tensor();
+    Tensor gb;
+    if (need_b) gb = gpu ? backend::sum(g2, 0) : sum_rows(g2);
     return {gx, gw, gb};
   });
+}
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return linear_impl("linear", x, weight, bias, false);
+}
+
+Tensor linear_relu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  return linear_impl("linear_relu", x, weight, bias, true);
 }
 
 }  // namespace strata

@@ -11,7 +11,13 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans
 // Batched: [B,M,K] @ [B,K,N] -> [B,M,N], flags transpose the last two dims.
 Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
 // x[..., in] @ weight[out, in]^T + bias[out] -> [..., out] (PyTorch/fairseq
-// layout). bias may be undefined (no bias).
+// layout). bias may be undefined (no bias). On a GPU the bias is added in the
+// GEMM's epilogue.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// relu(linear(x, weight, bias)) as one op: on a GPU one GEMM with a fused
+// bias+ReLU epilogue, on the CPU linear then relu. The backward masks the
+// gradient by output > 0 (relu'(0) = 0, as relu()) and saves only the output
+// besides the matmul operands.
+Tensor linear_relu(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 
 }  // namespace strata

@@ -17,6 +17,11 @@
 
 #include "strata/core/dispatch.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/gemm.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -200,6 +205,9 @@ void gemm_rowmajor(const Tensor& out, int64_t ldc, const Tensor& a, const Tensor
 }  // namespace
 
 Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("matmul", {a, b})) return cuda::matmul(a, b, trans_a, trans_b);
+#endif
   Dims d = check_operands("matmul", a, b, trans_a, trans_b, 2);
   Tensor out = Tensor::empty({d.M, d.N}, a.dtype());
   gemm_rowmajor(out, d.N, a, b, trans_a, trans_b, d, 1.0, 0.0);
@@ -208,6 +216,9 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 
 void gemm_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, double alpha,
                double beta) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("gemm_into", {out, a, b})) return cuda::gemm_into(out, a, b, trans_a, trans_b, alpha, beta);
+#endif
   Dims d = check_operands("gemm_into", a, b, trans_a, trans_b, 2);
   STRATA_CHECK(out.defined() && out.device().is_cpu() && out.dtype() == a.dtype())
       << "gemm_into: out " << out.str() << " must be a CPU tensor of dtype " << dtype_name(a.dtype());
@@ -232,6 +243,9 @@ void gemm_into(const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a
 }
 
 Tensor bmm(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("bmm", {a, b})) return cuda::bmm(a, b, trans_a, trans_b);
+#endif
   Dims d = check_operands("bmm", a, b, trans_a, trans_b, 3);
   const int64_t batch = a.shape()[0];
   Tensor out = Tensor::empty({batch, d.M, d.N}, a.dtype());
