@@ -46,12 +46,14 @@ Tensor dropout(const Tensor& x, double p, const PhiloxStream& stream, bool train
   // Checked even when inactive so a bad config fails in evaluation runs too.
   STRATA_CHECK(p >= 0.0 && p <= 1.0) << "dropout: p must be in [0, 1], got " << p;
   if (!training || p == 0.0) return x;
-  Tensor y = backend::binary(backend::BinaryOp::Mul, x, backend::dropout_mask(x.shape(), x.dtype(), p, stream));
+  Tensor mask = backend::dropout_mask(x.shape(), x.dtype(), p, stream, x.device());
+  Tensor y = backend::binary(backend::BinaryOp::Mul, x, mask);
   // The mask is a pure function of (stream, shape, p): regenerating it in the
   // backward is cheaper than keeping an activation-sized tensor alive.
   return record("dropout", y, {x},
-                [shape = x.shape(), dtype = x.dtype(), p, stream](const Tensor& g) -> std::vector<Tensor> {
-                  return {backend::binary(backend::BinaryOp::Mul, g, backend::dropout_mask(shape, dtype, p, stream))};
+                [shape = x.shape(), dtype = x.dtype(), p, stream, dev = x.device()](const Tensor& g) -> std::vector<Tensor> {
+                  Tensor m = backend::dropout_mask(shape, dtype, p, stream, dev);
+                  return {backend::binary(backend::BinaryOp::Mul, g, m)};
                 });
 }
 
@@ -78,7 +80,7 @@ Tensor gather(const Tensor& x, int64_t axis, const Tensor& index) {
   Tensor y = backend::gather(x, axis, index);
   return record("gather", y, {x, index},
                 [shape = x.shape(), axis, idx = index.detach()](const Tensor& g) -> std::vector<Tensor> {
-                  return {backend::scatter_add(Tensor::zeros(shape, g.dtype()), axis, idx, g), Tensor()};
+                  return {backend::scatter_add(Tensor::zeros(shape, g.dtype(), g.device()), axis, idx, g), Tensor()};
                 });
 }
 

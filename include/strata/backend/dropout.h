@@ -8,6 +8,7 @@
 namespace strata::backend {
 
 // The scaled keep mask: 1/(1-p) where kept, 0 where dropped; shape and dtype of the request.
-Tensor dropout_mask(const Shape& shape, DType dtype, double p, const PhiloxStream& stream);
+Tensor dropout_mask(const Shape& shape, DType dtype, double p, const PhiloxStream& stream,
+                    Device device = Device::cpu());
 
 }  // namespace strata::backend

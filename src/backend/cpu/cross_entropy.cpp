@@ -4,6 +4,11 @@
 
 #include "strata/core/dispatch.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/cross_entropy.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 namespace {
@@ -17,6 +22,10 @@ void check_inputs(const Tensor& logits, const Tensor& target, const char* op) {
 
 CrossEntropyForward label_smoothed_ce_forward(const Tensor& logits_in, const Tensor& target_in, double a, double b,
                                               int64_t ignore_index) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("label_smoothed_cross_entropy", {logits_in, target_in}))
+    return cuda::label_smoothed_ce_forward(logits_in, target_in, a, b, ignore_index);
+#endif
   check_inputs(logits_in, target_in, "label_smoothed_cross_entropy");
   Tensor logits = logits_in.contiguous();
   Tensor target = target_in.to(DType::I64).contiguous();
@@ -61,6 +70,10 @@ CrossEntropyForward label_smoothed_ce_forward(const Tensor& logits_in, const Ten
 
 Tensor label_smoothed_ce_backward(const Tensor& grad_loss, const Tensor& logits_in, const Tensor& target_in,
                                   const Tensor& lse, double a, double b, int64_t ignore_index) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("label_smoothed_cross_entropy backward", {grad_loss, logits_in, target_in, lse}))
+    return cuda::label_smoothed_ce_backward(grad_loss, logits_in, target_in, lse, a, b, ignore_index);
+#endif
   check_inputs(logits_in, target_in, "label_smoothed_cross_entropy backward");
   Tensor logits = logits_in.contiguous();
   Tensor target = target_in.to(DType::I64).contiguous();

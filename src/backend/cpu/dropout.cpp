@@ -4,9 +4,20 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/dropout.h"
+#endif
+
 namespace strata::backend {
 
-Tensor dropout_mask(const Shape& shape, DType dtype, double p, const PhiloxStream& stream) {
+Tensor dropout_mask(const Shape& shape, DType dtype, double p, const PhiloxStream& stream, Device device) {
+  if (device.is_cuda()) {
+#ifdef STRATA_WITH_CUDA
+    return cuda::dropout_mask(shape, dtype, p, stream, device);
+#else
+    STRATA_FAIL() << "dropout: mask on " << device.str() << " needs a build with CUDA=1";
+#endif
+  }
   STRATA_CHECK(p >= 0.0 && p <= 1.0) << "dropout: p must be in [0, 1], got " << p;
   Tensor mask = Tensor::empty(shape, dtype);
   dispatch_float(dtype, "dropout", [&](auto tag) {

@@ -18,6 +18,11 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/layer_norm.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 namespace {
@@ -127,6 +132,9 @@ void backward_row(const T* dy, S dys, const T* x, S xs, const T* gamma, T mean, 
 }  // namespace
 
 LayerNormForward layer_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, double eps) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("layer_norm", {x, gamma, beta})) return cuda::layer_norm_forward(x, gamma, beta, eps);
+#endif
   const int64_t D = last_dim(x, "layer_norm");
   STRATA_CHECK(std::isfinite(eps) && eps >= 0) << "layer_norm: eps must be finite and >= 0, got " << eps;
   const Tensor g = affine_param(gamma, x, D, "gamma");
@@ -159,6 +167,10 @@ LayerNormForward layer_norm_forward(const Tensor& x, const Tensor& gamma, const 
 
 LayerNormBackward layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                       const LayerNormForward& fwd) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("layer_norm_backward", {dy, x, gamma, fwd.mean, fwd.rstd}))
+    return cuda::layer_norm_backward(dy, x, gamma, fwd);
+#endif
   const int64_t D = last_dim(x, "layer_norm_backward");
   check_cpu(dy, "layer_norm_backward");
   STRATA_CHECK(dy.shape() == x.shape() && dy.dtype() == x.dtype())

@@ -12,6 +12,11 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/reduce.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 namespace {
@@ -105,6 +110,9 @@ bool greater(C a, C b) {
 }  // namespace
 
 Tensor sum(const Tensor& x, int64_t axis, bool keepdim) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("sum", {x})) return cuda::sum(x, axis, keepdim);
+#endif
   require_cpu(x, "sum");
   return dispatch_dtype(x.dtype(), "sum", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -113,6 +121,9 @@ Tensor sum(const Tensor& x, int64_t axis, bool keepdim) {
 }
 
 Tensor mean(const Tensor& x, int64_t axis, bool keepdim) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("mean", {x})) return cuda::mean(x, axis, keepdim);
+#endif
   require_cpu(x, "mean");
   STRATA_CHECK(is_floating(x.dtype())) << "mean: expected a floating tensor, got " << x.str();
   return dispatch_dtype(x.dtype(), "mean", [&](auto tag) {
@@ -122,6 +133,9 @@ Tensor mean(const Tensor& x, int64_t axis, bool keepdim) {
 }
 
 Tensor sum_all(const Tensor& xin) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("sum_all", {xin})) return cuda::sum_all(xin);
+#endif
   require_cpu(xin, "sum_all");
   Tensor x = xin.contiguous();
   return dispatch_dtype(x.dtype(), "sum_all", [&](auto tag) {
@@ -136,6 +150,9 @@ Tensor sum_all(const Tensor& xin) {
 }
 
 std::pair<Tensor, Tensor> max(const Tensor& xin, int64_t axis, bool keepdim) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("max", {xin})) return cuda::max(xin, axis, keepdim);
+#endif
   require_cpu(xin, "max");
   Tensor x = xin.contiguous();
   const AxisLayout l = axis_layout(x, axis, "max");
@@ -206,6 +223,9 @@ std::pair<Tensor, Tensor> max(const Tensor& xin, int64_t axis, bool keepdim) {
 Tensor argmax(const Tensor& x, int64_t axis, bool keepdim) { return max(x, axis, keepdim).second; }
 
 Tensor cumsum(const Tensor& xin, int64_t axis) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("cumsum", {xin})) return cuda::cumsum(xin, axis);
+#endif
   require_cpu(xin, "cumsum");
   Tensor x = xin.contiguous();
   const AxisLayout l = axis_layout(x, axis, "cumsum");
@@ -242,6 +262,9 @@ Tensor cumsum(const Tensor& xin, int64_t axis) {
 }
 
 std::pair<Tensor, Tensor> topk(const Tensor& xin, int64_t k, int64_t axis) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("topk", {xin})) return cuda::topk(xin, k, axis);
+#endif
   require_cpu(xin, "topk");
   Tensor x = xin.contiguous();
   const AxisLayout l = axis_layout(x, axis, "topk");

@@ -26,6 +26,11 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/softmax.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 namespace {
@@ -412,13 +417,29 @@ Tensor backward_impl(const Tensor& g, const Tensor& y, int64_t axis) {
 
 }  // namespace
 
-Tensor softmax(const Tensor& x, int64_t axis) { return softmax_forward(x, axis, false); }
-Tensor log_softmax(const Tensor& x, int64_t axis) { return softmax_forward(x, axis, true); }
+Tensor softmax(const Tensor& x, int64_t axis) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("softmax", {x})) return cuda::softmax(x, axis);
+#endif
+  return softmax_forward(x, axis, false);
+}
+Tensor log_softmax(const Tensor& x, int64_t axis) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("log_softmax", {x})) return cuda::log_softmax(x, axis);
+#endif
+  return softmax_forward(x, axis, true);
+}
 
 Tensor softmax_backward(const Tensor& grad_y, const Tensor& y, int64_t axis) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("softmax_backward", {grad_y, y})) return cuda::softmax_backward(grad_y, y, axis);
+#endif
   return backward_impl<false>(grad_y, y, axis);
 }
 Tensor log_softmax_backward(const Tensor& grad_y, const Tensor& y, int64_t axis) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("log_softmax_backward", {grad_y, y})) return cuda::log_softmax_backward(grad_y, y, axis);
+#endif
   return backward_impl<true>(grad_y, y, axis);
 }
 
