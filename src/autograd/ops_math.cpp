@@ -19,7 +19,7 @@ namespace {
 // A gradient slot for an input that needs none.
 const Tensor kNone;
 
-Tensor zero_scalar(DType dt) { return Tensor::zeros({}, dt); }
+Tensor zero_scalar(DType dt, Device dev) { return Tensor::zeros({}, dt, dev); }
 
 // g (the gradient of a reduction over `axis`) repeated along that axis to `shape`.
 Tensor expand_back(const Tensor& g, const Shape& shape, int64_t axis, bool keepdim) {
@@ -41,7 +41,7 @@ Tensor keep_axis(const Tensor& g, int64_t axis) {
 // Gradient of picking elements of a tensor of `shape` along `axis` (max,
 // topk): g (same shape as the i64 positions idx) added into zeros at idx.
 Tensor scatter_picked(const Tensor& g, const Tensor& idx, const Shape& shape, int64_t axis) {
-  return backend::scatter_add(Tensor::zeros(shape, g.dtype()), axis, idx, g);
+  return backend::scatter_add(Tensor::zeros(shape, g.dtype(), g.device()), axis, idx, g);
 }
 
 // Reverses x along axis as a view (negative stride).
@@ -200,7 +200,7 @@ Tensor div(double s, const Tensor& a) {
 Tensor pow(const Tensor& a, double p) {
   return record("pow_scalar", backend::binary_scalar(BinaryOp::Pow, a, p), {a},
                 [p, ad = a.detach()](const Tensor& g) -> std::vector<Tensor> {
-                  if (p == 0.0) return {Tensor::zeros(ad.shape(), ad.dtype())};
+                  if (p == 0.0) return {Tensor::zeros(ad.shape(), ad.dtype(), ad.device())};
                   Tensor d = backend::binary_scalar(BinaryOp::Mul, backend::binary_scalar(BinaryOp::Pow, ad, p - 1), p);
                   return {backend::binary(BinaryOp::Mul, g, d)};
                 });
@@ -291,7 +291,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   const bool na = a.needs_grad(), nb = b.needs_grad();
   return record("where", y, {a, b},
                 [na, nb, sa = a.shape(), sb = b.shape(), cd = cond.detach()](const Tensor& g) -> std::vector<Tensor> {
-                  Tensor z = zero_scalar(g.dtype());
+                  Tensor z = zero_scalar(g.dtype(), g.device());
                   return {na ? backend::sum_to_shape(backend::where(cd, g, z), sa) : kNone,
                           nb ? backend::sum_to_shape(backend::where(cd, z, g), sb) : kNone};
                 });
@@ -389,7 +389,7 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
   for (size_t k = 0; k < pieces.size(); ++k) {
     pieces[k] = record("split", pieces[k], {x},
                        [ax, pos, s = x.shape(), dt = x.dtype()](const Tensor& g) -> std::vector<Tensor> {
-                         Tensor z = Tensor::zeros(s, dt);
+                         Tensor z = Tensor::zeros(s, dt, g.device());
                          make_view(z, g.shape(), z.strides(), pos * z.strides()[size_t(ax)]).copy_(g);
                          return {z};
                        });

@@ -2,9 +2,21 @@
 // it writes, so no two threads add into the same row: dispatch's backward
 // walks token rows (each sums its own <= k slots), combine's backward walks
 // slots (each slot belongs to exactly one token choice).
+//
+// Tensors on a GPU take the kernels of strata/backend/cuda/moe_rows.h, which
+// follow the same one-writer-per-element rule; the slot map's vectors are
+// uploaded once per map (DeviceSlotMap below) and the autograd closures keep
+// them for the backward.
 #include "strata/moe/dispatch.h"
 
 #include <cstring>
+
+#ifdef STRATA_WITH_CUDA
+#include <mutex>
+
+#include "strata/backend/cuda/moe_rows.h"
+#include "strata/backend/device_dispatch.h"
+#endif
 
 #include "strata/autograd/node.h"
 #include "strata/core/dispatch.h"
@@ -28,9 +40,52 @@ struct Timed {
 };
 
 void check_rows(const Tensor& t, const char* op, const char* what) {
+#ifndef STRATA_WITH_CUDA
   STRATA_CHECK(t.device().is_cpu()) << op << ": " << what << " " << t.str() << " needs the CUDA backend";
+#endif
   STRATA_CHECK(t.dim() == 2) << op << ": " << what << " must be [rows, dim], got " << t.str();
 }
+
+#ifdef STRATA_WITH_CUDA
+// A SlotMap's vectors as i64 tensors on one GPU, each uploaded on first use
+// (a forward needs only one of them: dispatch slot_src, combine row_slot).
+// Shared by every op on the same map and device through device_slot_map, and
+// kept alive by the autograd closures so their backward reuses the uploads.
+class DeviceSlotMap {
+ public:
+  DeviceSlotMap(std::shared_ptr<const SlotMap> map, Device device) : map_(std::move(map)), device_(device) {}
+  const std::shared_ptr<const SlotMap>& map() const { return map_; }
+  Device device() const { return device_; }
+  Tensor row_slot() { return upload(row_slot_, map_->row_slot); }
+  Tensor slot_src() { return upload(slot_src_, map_->slot_src); }
+
+ private:
+  Tensor upload(Tensor& cached, const std::vector<int64_t>& v) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!cached.defined()) cached = Tensor::from_vector(v, {int64_t(v.size())}).to(device_);
+    return cached;
+  }
+  std::shared_ptr<const SlotMap> map_;
+  Device device_;
+  std::mutex mu_;
+  Tensor row_slot_, slot_src_;
+};
+
+// The device copy of `map` on `device`. The last one made is remembered by a
+// weak reference: dispatch and combine of one layer share it while the
+// dispatch's autograd closure (or any other holder) keeps it alive. It holds
+// its map, so a live entry's map address cannot be reused by another map.
+std::shared_ptr<DeviceSlotMap> device_slot_map(const std::shared_ptr<const SlotMap>& map, Device device) {
+  static std::mutex mu;
+  static std::weak_ptr<DeviceSlotMap> last;
+  std::lock_guard<std::mutex> lock(mu);
+  std::shared_ptr<DeviceSlotMap> dm = last.lock();
+  if (dm && dm->map() == map && dm->device() == device) return dm;
+  dm = std::make_shared<DeviceSlotMap>(map, device);
+  last = dm;
+  return dm;
+}
+#endif
 
 // out[s] = x[src(s) / k] for every filled slot (x contiguous [rows, d]).
 Tensor gather_to_slots(const Tensor& x, const SlotMap& m) {
@@ -78,6 +133,16 @@ Tensor dispatch_rows(const Tensor& x, std::shared_ptr<const SlotMap> map) {
   STRATA_CHECK(x.size(0) == map->rows) << "moe dispatch: input " << x.str() << " for a slot map of " << map->rows
                                         << " rows";
   Timed t(&profile().dispatch_fwd);
+#ifdef STRATA_WITH_CUDA
+  if (backend::on_cuda("moe dispatch", {x})) {
+    auto dm = device_slot_map(map, x.device());
+    Tensor y = backend::cuda::gather_to_slots(x.detach(), dm->slot_src(), map->k);
+    return record("moe_dispatch", y, {x}, [dm](const Tensor& g) -> std::vector<Tensor> {
+      Timed tb(&profile().dispatch_bwd);
+      return {backend::cuda::sum_slots_to_rows(g, dm->row_slot(), dm->map()->k)};
+    });
+  }
+#endif
   Tensor xc = x.detach().contiguous();
   Tensor y = gather_to_slots(xc, *map);
   return record("moe_dispatch", y, {x}, [map](const Tensor& g) -> std::vector<Tensor> {
@@ -96,6 +161,18 @@ Tensor combine_rows(const Tensor& y, const Tensor& weights, std::shared_ptr<cons
   STRATA_CHECK(weights.dtype() == y.dtype()) << "moe combine: weights " << weights.str() << " and expert output "
                                               << y.str() << " differ in dtype";
   Timed t(&profile().combine_fwd);
+#ifdef STRATA_WITH_CUDA
+  if (backend::on_cuda("moe combine", {y, weights})) {
+    auto dm = device_slot_map(map, y.device());
+    Tensor yd = y.detach(), wd = weights.detach();
+    Tensor out = backend::cuda::combine_slots(yd, wd, dm->row_slot());
+    return record("moe_combine", out, {y, weights}, [dm, yd, wd](const Tensor& g) -> std::vector<Tensor> {
+      Timed tb(&profile().combine_bwd);
+      auto grads = backend::cuda::combine_slots_backward(g, yd, wd, dm->row_slot(), dm->slot_src());
+      return {grads.first, grads.second};
+    });
+  }
+#endif
   Tensor yc = y.detach().contiguous(), wc = weights.detach().contiguous();
   const int64_t d = y.size(1), rows = map->rows, k = map->k;
   Tensor out = Tensor::zeros({rows, d}, y.dtype());
@@ -185,6 +262,18 @@ Tensor replace_rows(const Tensor& base, const std::vector<int64_t>& rows, const 
     STRATA_CHECK(!seen[size_t(r)]) << "moe replace_rows: row " << r << " given twice";
     seen[size_t(r)] = 1;
   }
+#ifdef STRATA_WITH_CUDA
+  if (backend::on_cuda("moe replace_rows", {base, values})) {
+    // the row list goes up once; the closure keeps it for the backward
+    Tensor rows_dev = Tensor::from_vector(rows, {int64_t(rows.size())}).to(base.device());
+    Tensor out = backend::cuda::replace_rows(base.detach(), rows_dev, values.detach());
+    return record("moe_replace_rows", out, {base, values}, [rows_dev](const Tensor& g) -> std::vector<Tensor> {
+      Timed tb(&profile().rows_bwd);
+      auto grads = backend::cuda::replace_rows_backward(g, rows_dev);
+      return {grads.first, grads.second};
+    });
+  }
+#endif
   Tensor out = base.detach().clone();
   Tensor vc = values.detach().contiguous();
   dispatch_float(base.dtype(), "moe replace_rows", [&](auto tag) {

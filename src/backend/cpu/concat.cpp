@@ -6,11 +6,22 @@
 
 #include "strata/backend/index.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/concat.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t axis) {
   STRATA_CHECK(!xs.empty()) << "concat: no tensors given";
   const Tensor& x0 = xs[0];
+#ifdef STRATA_WITH_CUDA
+  // every defined input on x0's device (on_cuda names the op on a mismatch)
+  bool gpu = false;
+  for (const Tensor& x : xs) gpu = on_cuda("concat", {x0, x}) || gpu;
+  if (gpu) return cuda::concat(xs, axis);
+#endif
   const int64_t ax = wrap_dim(axis, x0.dim(), "concat");
   Shape shape = x0.shape();
   int64_t total = 0;

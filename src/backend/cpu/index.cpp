@@ -21,6 +21,11 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/index.h"
+#include "strata/backend/device_dispatch.h"
+#endif
+
 namespace strata::backend {
 
 namespace {
@@ -196,6 +201,9 @@ Tensor index_values(const Tensor& index, const char* op) {
 // ---------------------------------------------------------------- embedding
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("embedding", {weight, ids})) return cuda::embedding(weight, ids);
+#endif
   check_cpu(weight, "embedding");
   STRATA_CHECK(weight.dim() == 2) << "embedding: weight must be 2-D [rows, dim], got " << weight.str();
   const Tensor idx = index_values(ids, "embedding");
@@ -217,6 +225,9 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
 }
 
 Tensor embedding_backward(const Tensor& grad, const Tensor& ids, int64_t num_rows, int64_t padding_idx) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("embedding_backward", {grad, ids})) return cuda::embedding_backward(grad, ids, num_rows, padding_idx);
+#endif
   check_cpu(grad, "embedding_backward");
   const Tensor idx = index_values(ids, "embedding_backward");
   Shape expect = ids.shape();
@@ -246,6 +257,9 @@ Tensor embedding_backward(const Tensor& grad, const Tensor& ids, int64_t num_row
 // ---------------------------------------------------------------- index_select / index_add
 
 Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("index_select", {x, index})) return cuda::index_select(x, axis, index);
+#endif
   check_cpu(x, "index_select");
   const int64_t a = wrap_dim(axis, x.dim(), "index_select");
   STRATA_CHECK(index.dim() == 1) << "index_select: index must be 1-D, got " << index.str();
@@ -268,6 +282,9 @@ Tensor index_select(const Tensor& x, int64_t axis, const Tensor& index) {
 }
 
 Tensor index_add(const Shape& shape, int64_t axis, const Tensor& index, const Tensor& src) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("index_add", {index, src})) return cuda::index_add(shape, axis, index, src);
+#endif
   check_cpu(src, "index_add");
   const int64_t a = wrap_dim(axis, int64_t(shape.size()), "index_add");
   STRATA_CHECK(index.dim() == 1) << "index_add: index must be 1-D, got " << index.str();
@@ -305,6 +322,9 @@ void check_gather_shapes(const Tensor& x, int64_t a, const Tensor& index, const 
 }  // namespace
 
 Tensor gather(const Tensor& x, int64_t axis, const Tensor& index) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("gather", {x, index})) return cuda::gather(x, axis, index);
+#endif
   check_cpu(x, "gather");
   const int64_t a = wrap_dim(axis, x.dim(), "gather");
   check_gather_shapes(x, a, index, "gather");
@@ -324,6 +344,9 @@ Tensor gather(const Tensor& x, int64_t axis, const Tensor& index) {
 }
 
 Tensor scatter_add(const Tensor& x, int64_t axis, const Tensor& index, const Tensor& src) {
+#ifdef STRATA_WITH_CUDA
+  if (on_cuda("scatter_add", {x, index, src})) return cuda::scatter_add(x, axis, index, src);
+#endif
   check_cpu(x, "scatter_add");
   check_cpu(src, "scatter_add");
   const int64_t a = wrap_dim(axis, x.dim(), "scatter_add");
