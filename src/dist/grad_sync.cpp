@@ -4,6 +4,11 @@
 #include <cstring>
 #include <sstream>
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/context.h"
+#include "strata/dist/nccl_communicator.h"
+#endif
+
 namespace strata::dist {
 
 namespace {
@@ -18,12 +23,74 @@ std::vector<size_t> selected(const NamedTensors& params, const ParamFilter& sele
 Tensor checked_grad(const std::pair<std::string, Tensor>& p) {
   Tensor g = p.second.grad();
   if (!g.defined()) return g;
-  STRATA_CHECK(g.device().is_cpu()) << "all_reduce_gradients: gradient of '" << p.first << "' " << g.str()
-                                    << " is not on the CPU";
+  STRATA_CHECK(g.device() == p.second.device())
+      << "all_reduce_gradients: gradient of '" << p.first << "' " << g.str() << " is not on the parameter's device "
+      << p.second.device().str();
   STRATA_CHECK(g.dtype() == p.second.dtype())
       << "all_reduce_gradients: gradient of '" << p.first << "' is " << dtype_name(g.dtype()) << ", the parameter "
       << dtype_name(p.second.dtype());
   return g;
+}
+
+// The one device every selected parameter lives on (CPU when none is
+// selected): buckets and the small bookkeeping buffers go there, so the
+// communicator sees the buffers it moves (MPI: CPU, NCCL: GPU).
+Device params_device(const NamedTensors& params, const std::vector<size_t>& sel, const char* op) {
+  if (sel.empty()) return Device::cpu();
+  const Device d = params[sel[0]].second.device();
+  for (size_t i : sel)
+    STRATA_CHECK(params[i].second.device() == d)
+        << op << ": parameters '" << params[sel[0]].first << "' (" << d.str() << ") and '" << params[i].first
+        << "' (" << params[i].second.device().str() << ") are on different devices";
+  return d;
+}
+
+// dst <- src (same shape and dtype). Contiguous GPU pairs are one copy in
+// stream order on the compute stream; everything else goes through copy_.
+void copy_into(const Tensor& dst, const Tensor& src) {
+#ifdef STRATA_WITH_CUDA
+  if (dst.device().is_cuda() && dst.is_contiguous() && src.is_contiguous() && dst.dtype() == src.dtype()) {
+    if (dst.nbytes() > 0)
+      STRATA_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice,
+                                        cuda::compute_stream()));
+    return;
+  }
+#endif
+  dst.copy_(src);
+}
+
+// Zeros a contiguous slice (GPU: a memset in stream order).
+void zero_into(const Tensor& dst) {
+#ifdef STRATA_WITH_CUDA
+  if (dst.device().is_cuda() && dst.is_contiguous()) {
+    if (dst.nbytes() > 0)
+      STRATA_CUDA_CHECK(cudaMemsetAsync(dst.raw_data(), 0, dst.nbytes(), cuda::compute_stream()));
+    return;
+  }
+#endif
+  dst.fill_(0.0);
+}
+
+// Where `comm` wants small bookkeeping buffers (gradient flags, parameter
+// hashes) that start on the host: on its GPU for NCCL, else on the CPU (MPI
+// keeps host buffers even when the parameters live on a GPU).
+Device bookkeeping_device(const Communicator& comm) {
+#ifdef STRATA_WITH_CUDA
+  if (const auto* nccl = dynamic_cast<const NcclCommunicator*>(&comm)) return Device::cuda(nccl->device());
+#endif
+  return Device::cpu();
+}
+
+// A fresh contiguous copy on dst's device.
+Tensor fresh_copy(const Tensor& src) {
+  Tensor out = Tensor::empty(src.shape(), src.dtype(), src.device());
+  copy_into(out, src);
+  return out;
+}
+
+// CPU copy of a parameter's bytes for hashing.
+Tensor host_contiguous(const Tensor& t) {
+  return t.device().is_cpu() ? t.contiguous() : t.contiguous().to(Device::cpu());
 }
 
 // splitmix64 finaliser: a full-avalanche mix of one 64-bit word.
@@ -60,12 +127,20 @@ GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& param
     for (size_t i : sel) (checked_grad(params[i]).defined() ? st.params : st.without_grad) += 1;
     return st;
   }
+  const Device device = params_device(params, sel, "all_reduce_gradients");
   // 1. Which parameters have a gradient on any rank (one small all-reduce),
   //    so every rank builds the same buckets.
   Tensor flags = Tensor::zeros({int64_t(sel.size())}, DType::I32);
-  int32_t* f = flags.data<int32_t>();
-  for (size_t k = 0; k < sel.size(); ++k) f[k] = checked_grad(params[sel[k]]).defined() ? 1 : 0;
-  comm.all_reduce(flags, ReduceOp::Max);
+  for (size_t k = 0; k < sel.size(); ++k) flags.data<int32_t>()[k] = checked_grad(params[sel[k]]).defined() ? 1 : 0;
+  const Device flags_device = bookkeeping_device(comm);
+  if (flags_device.is_cpu()) {
+    comm.all_reduce(flags, ReduceOp::Max);
+  } else {
+    Tensor on_device = flags.to(flags_device);
+    comm.all_reduce(on_device, ReduceOp::Max);
+    flags = on_device.to(Device::cpu());
+  }
+  const int32_t* f = flags.data<int32_t>();
   std::vector<size_t> active;
   std::vector<std::pair<DType, int64_t>> shapes;
   for (size_t k = 0; k < sel.size(); ++k) {
@@ -91,7 +166,8 @@ GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& param
         continue;
       }
     }
-    if (!buf.defined() || buf.dtype() != b.dtype || buf.numel() < b.numel) buf = Tensor::empty({b.numel}, b.dtype);
+    if (!buf.defined() || buf.dtype() != b.dtype || buf.numel() < b.numel)
+      buf = Tensor::empty({b.numel}, b.dtype, device);
     Tensor flat = buf.narrow(0, 0, b.numel);
     int64_t off = 0;
     for (size_t j : b.params) {
@@ -99,9 +175,9 @@ GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& param
       Tensor slice = flat.narrow(0, off, p.second.numel()).view(p.second.shape());
       Tensor g = checked_grad(p);
       if (g.defined())
-        slice.copy_(g);
+        copy_into(slice, g);
       else
-        slice.fill_(0.0);
+        zero_into(slice);
       off += p.second.numel();
     }
     comm.all_reduce(flat, ReduceOp::Sum);
@@ -111,9 +187,9 @@ GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& param
       Tensor slice = flat.narrow(0, off, p.second.numel()).view(p.second.shape());
       Tensor g = checked_grad(p);
       if (g.defined())
-        g.copy_(slice);
+        copy_into(g, slice);
       else
-        p.second.set_grad(slice.clone());
+        p.second.set_grad(fresh_copy(slice));
       off += p.second.numel();
     }
   }
@@ -123,7 +199,7 @@ GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& param
 std::vector<int64_t> parameter_hashes(const NamedTensors& params, const ParamFilter& select) {
   std::vector<int64_t> out;
   for (size_t i : selected(params, select)) {
-    Tensor c = params[i].second.contiguous();
+    Tensor c = host_contiguous(params[i].second);
     uint64_t h = mix64(uint64_t(c.dtype()) + 0x51ED270B27A3F1ull);
     for (int64_t d : c.shape()) h = mix64(h ^ uint64_t(d));
     const unsigned char* p = static_cast<const unsigned char*>(c.raw_data());
@@ -154,7 +230,14 @@ void check_replicas_agree(Communicator& comm, const NamedTensors& params, const 
   std::vector<int64_t> mine = parameter_hashes(params, select);
   Tensor send = Tensor::from_vector(mine, {n});
   Tensor all = Tensor::empty({int64_t(comm.size()) * n}, DType::I64);
-  comm.all_gather(send, all);
+  const Device device = bookkeeping_device(comm);
+  if (device.is_cpu()) {
+    comm.all_gather(send, all);
+  } else {  // the hashes travel where the communicator's buffers live
+    Tensor all_dev = Tensor::empty(all.shape(), DType::I64, device);
+    comm.all_gather(send.to(device), all_dev);
+    all = all_dev.to(Device::cpu());
+  }
   const int64_t* h = all.data<int64_t>();
   for (int64_t k = 0; k < n; ++k) {
     std::vector<int> differ;

@@ -7,26 +7,47 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/adam.h"
+#include "strata/backend/cuda/context.h"
+#endif
+
 namespace strata::train {
 
 namespace {
 
-// Per-step constants in the parameter's precision, as torch passes Python
-// floats to fp32 kernels.
-template <class T>
-struct AdamCoef {
-  T b1, one_minus_b1, b2, one_minus_b2, eps, neg_decay, neg_step;
-};
+using detail::adam_element;
+using detail::AdamCoef;
 
-// One element of fairseq's update, in the order of its torch calls:
-// mul_/add_, mul_/addcmul_, sqrt/add, add_ (decay), addcdiv_.
-template <class T>
-inline void adam_element(T& p, T g, T& m, T& v, const AdamCoef<T>& c) {
-  m = m * c.b1 + g * c.one_minus_b1;
-  v = v * c.b2 + c.one_minus_b2 * (g * g);
-  T denom = std::sqrt(v) + c.eps;
-  if (c.neg_decay != T(0)) p = p + c.neg_decay * p;  // fairseq skips it when wd == 0 (0*inf)
-  p = p + c.neg_step * (m / denom);
+// Zero-filled state of the parameter's shape, dtype and device. On a GPU the
+// bytes are cleared in stream order on the compute stream (all-zero bytes
+// are 0.0 in f32/f64), without waiting for the device.
+Tensor zero_state(const Tensor& p) {
+  if (p.device().is_cpu()) return Tensor::zeros(p.shape(), p.dtype());
+#ifdef STRATA_WITH_CUDA
+  Tensor t = Tensor::empty(p.shape(), p.dtype(), p.device());
+  if (t.nbytes() > 0) STRATA_CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(), cuda::compute_stream()));
+  return t;
+#else
+  STRATA_FAIL() << "Adam: parameter " << p.str() << " is on a GPU, but this build has no CUDA backend";
+  return Tensor();
+#endif
+}
+
+// Copies saved state (any device, any float dtype) into live state. GPU
+// state is filled from a host-side cast and one copy in stream order.
+void load_into(const Tensor& dst, const Tensor& src) {
+  if (dst.device().is_cpu()) {
+    dst.copy_(src.device().is_cpu() ? src : src.to(Device::cpu()));
+    return;
+  }
+#ifdef STRATA_WITH_CUDA
+  Tensor host = src.device().is_cpu() ? src : src.to(Device::cpu());
+  Tensor s = host.to(dst.dtype()).contiguous().to(dst.device());
+  if (dst.nbytes() > 0)
+    STRATA_CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), s.raw_data(), dst.nbytes(), cudaMemcpyDeviceToDevice,
+                                      cuda::compute_stream()));
+#endif
 }
 
 void check_options(const AdamOptions& o) {
@@ -46,13 +67,15 @@ Adam::Adam(NamedTensors params, AdamOptions options) : params_(std::move(params)
     STRATA_CHECK(!name.empty()) << "Adam: a parameter has an empty name";
     STRATA_CHECK(names.insert(name).second) << "Adam: parameter '" << name << "' is listed twice";
     STRATA_CHECK(p.defined()) << "Adam: parameter '" << name << "' is undefined";
+#ifndef STRATA_WITH_CUDA
     STRATA_CHECK(p.device().is_cpu()) << "Adam: parameter '" << name << "' is on " << p.device().str()
                                       << "; this update needs the CUDA backend";
+#endif
     STRATA_CHECK(p.dtype() == DType::F32 || p.dtype() == DType::F64)
         << "Adam: parameter '" << name << "' is " << dtype_name(p.dtype())
         << "; keep f32 master weights and give Adam those";
-    exp_avg_.push_back(Tensor::zeros(p.shape(), p.dtype()));
-    exp_avg_sq_.push_back(Tensor::zeros(p.shape(), p.dtype()));
+    exp_avg_.push_back(zero_state(p));
+    exp_avg_sq_.push_back(zero_state(p));
     steps_.push_back(0);
   }
 }
@@ -65,15 +88,23 @@ void Adam::step(double lr) {
     if (!g.defined()) continue;
     STRATA_CHECK(g.shape() == p.shape()) << "Adam::step: gradient " << g.str() << " of parameter '" << name
                                          << "' does not match " << p.str();
-    STRATA_CHECK(g.device().is_cpu()) << "Adam::step: gradient of parameter '" << name << "' is on "
-                                      << g.device().str() << "; this update needs the CUDA backend";
+    STRATA_CHECK(g.device() == p.device()) << "Adam::step: gradient of parameter '" << name << "' is on "
+                                           << g.device().str() << ", the parameter on " << p.device().str();
     STRATA_CHECK(is_floating(g.dtype())) << "Adam::step: gradient of parameter '" << name << "' is "
                                          << dtype_name(g.dtype());
-    if (g.dtype() != p.dtype()) g = g.to(p.dtype());
     const int64_t t = ++steps_[i];
     const double bc1 = 1.0 - std::pow(options_.beta1, double(t));
     const double bc2 = 1.0 - std::pow(options_.beta2, double(t));
     const double step_size = lr * std::sqrt(bc2) / bc1;
+#ifdef STRATA_WITH_CUDA
+    if (p.device().is_cuda()) {  // one fused kernel; a 16-bit gradient is widened per element there
+      backend::cuda::adam_step(p, g, exp_avg_[i], exp_avg_sq_[i],
+                               {options_.beta1, 1.0 - options_.beta1, options_.beta2, 1.0 - options_.beta2,
+                                options_.eps, -options_.weight_decay * lr, -step_size});
+      continue;
+    }
+#endif
+    if (g.dtype() != p.dtype()) g = g.to(p.dtype());
     dispatch_float(p.dtype(), "Adam::step", [&](auto tag) {
       using T = typename decltype(tag)::type;
       const AdamCoef<T> c{T(options_.beta1),        T(1.0 - options_.beta1), T(options_.beta2),
@@ -125,8 +156,7 @@ void Adam::load_state_dict(const NamedTensors& state) {
   std::map<std::string, Tensor> by_name;
   for (const auto& [name, t] : state) {
     STRATA_CHECK(by_name.emplace(name, t).second) << "Adam::load_state_dict: entry '" << name << "' appears twice";
-    STRATA_CHECK(t.defined() && t.device().is_cpu())
-        << "Adam::load_state_dict: entry '" << name << "' is undefined or not on the CPU";
+    STRATA_CHECK(t.defined()) << "Adam::load_state_dict: entry '" << name << "' is undefined";
   }
   std::vector<int64_t> steps(params_.size());
   std::set<std::string> used;
@@ -156,8 +186,8 @@ void Adam::load_state_dict(const NamedTensors& state) {
   // Everything checked: now overwrite.
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& name = params_[i].first;
-    exp_avg_[i].copy_(by_name.at(name + ".exp_avg"));
-    exp_avg_sq_[i].copy_(by_name.at(name + ".exp_avg_sq"));
+    load_into(exp_avg_[i], by_name.at(name + ".exp_avg"));
+    load_into(exp_avg_sq_[i], by_name.at(name + ".exp_avg_sq"));
     steps_[i] = steps[i];
   }
 }

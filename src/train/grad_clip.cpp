@@ -5,6 +5,10 @@
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/adam.h"
+#endif
+
 namespace strata::train {
 
 namespace {
@@ -13,32 +17,46 @@ Tensor checked_grad(const Tensor& p, const char* op) {
   STRATA_CHECK(p.defined()) << op << ": undefined parameter";
   Tensor g = p.grad();
   if (!g.defined()) return g;
+#ifndef STRATA_WITH_CUDA
   STRATA_CHECK(g.device().is_cpu()) << op << ": gradient " << g.str() << " needs the CUDA backend";
+#endif
   STRATA_CHECK(is_floating(g.dtype())) << op << ": gradient " << g.str() << " is not floating point";
   return g;
+}
+
+double cpu_sum_squares(const Tensor& g) {
+  Tensor c = g.contiguous();
+  return dispatch_dtype(c.dtype(), "grad_norm_sq", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* x = c.data<T>();
+    const int64_t n = c.numel();
+    double s = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : s) if (n >= kParallelGrain)
+    for (int64_t k = 0; k < n; ++k) {
+      double v = double(to_compute(x[k]));
+      s += v * v;
+    }
+    return s;
+  });
 }
 
 }  // namespace
 
 double grad_norm_sq(const std::vector<Tensor>& params) {
   double total = 0.0;
+  std::vector<Tensor> on_gpu;  // summed on the device together: one host read for all of them
   for (const Tensor& p : params) {
     Tensor g = checked_grad(p, "grad_norm_sq");
     if (!g.defined()) continue;
-    Tensor c = g.contiguous();
-    total += dispatch_dtype(c.dtype(), "grad_norm_sq", [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const T* x = c.data<T>();
-      const int64_t n = c.numel();
-      double s = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : s) if (n >= kParallelGrain)
-      for (int64_t k = 0; k < n; ++k) {
-        double v = double(to_compute(x[k]));
-        s += v * v;
-      }
-      return s;
-    });
+    if (g.device().is_cuda()) {
+      on_gpu.push_back(g);
+      continue;
+    }
+    total += cpu_sum_squares(g);
   }
+#ifdef STRATA_WITH_CUDA
+  if (!on_gpu.empty()) total += backend::cuda::sum_squares(on_gpu);
+#endif
   return total;
 }
 
@@ -46,6 +64,12 @@ void scale_grads(const std::vector<Tensor>& params, double coef) {
   for (const Tensor& p : params) {
     Tensor g = checked_grad(p, "scale_grads");
     if (!g.defined()) continue;
+#ifdef STRATA_WITH_CUDA
+    if (g.device().is_cuda()) {
+      backend::cuda::scale_grad(g, coef);
+      continue;
+    }
+#endif
     dispatch_dtype(g.dtype(), "scale_grads", [&](auto tag) {
       using T = typename decltype(tag)::type;
       // Scale in the compute type: f32 for f32/f16/bf16 grads, as torch's mul_.

@@ -68,13 +68,15 @@ class LocalCommunicator final : public Communicator {
 
 // Argument checks shared by the implementations; each throws strata::Error
 // with a one-line message naming the collective, the communicator and the shapes.
-// t: defined, CPU, contiguous, f32/f64/i32/i64.
+// Buffers are contiguous and on the communicator's side of the bus: MPI takes
+// CPU tensors only, NCCL GPU tensors only, LocalCommunicator either.
+// t: defined, contiguous, f32/f64/i32/i64 (also f16/bf16 on a GPU).
 void validate_all_reduce(const Tensor& t, const Communicator& c);
 // send/recv: same shape and dtype, contiguous, rows divisible by size().
 void validate_all_to_all(const Tensor& send, const Tensor& recv, const Communicator& c);
 // recv.numel() == size() * send.numel(), same dtype, contiguous.
 void validate_all_gather(const Tensor& send, const Tensor& recv, const Communicator& c);
-// t: defined, CPU, contiguous; 0 <= root < size().
+// t: defined, contiguous; 0 <= root < size().
 void validate_broadcast(const Tensor& t, int root, const Communicator& c);
 void validate_split(int color, const Communicator& c);
 

@@ -2,6 +2,11 @@
 // every gradient together (computed in double here), then, when max_norm > 0,
 // every gradient is multiplied by min(1, max_norm / (norm + 1e-6)).
 // Parameters without a gradient are skipped.
+//
+// Gradients on a GPU (CUDA builds) are summed there: every GPU gradient's
+// squares accumulate in f64 in a fixed order (deterministic, agreeing with
+// the CPU sum at fp32 tolerance and better) and the total reaches the host
+// in one read; scaling runs in place on the device.
 #pragma once
 #include <functional>
 #include <vector>
