@@ -16,6 +16,8 @@ Tensor sum_of(const std::vector<Tensor>& ts) {
   }
   return acc;
 }
+// A 0-d loss as a double (copied to the host when it lives on a GPU).
+double host_item(const Tensor& t) { return t.detach().contiguous().to(Device::cpu()).item(); }
 }  // namespace
 
 Tensor aux_loss_total(const nn::AuxLosses& aux, int64_t ntokens, const config::MoEOptions& o) {
@@ -47,13 +49,13 @@ AuxLossParts aux_loss_parts(const nn::AuxLosses& aux, const config::MoEOptions& 
   int nz = 0;
   int64_t ct = 0;
   for (const auto& b : aux.blocks) {
-    bal += b.balance.item();
+    bal += host_item(b.balance);
     if (b.z_loss.defined()) {
-      z += b.z_loss.item();
+      z += host_item(b.z_loss);
       ++nz;
     }
     if (b.cmr_gate_sum.defined()) {
-      c += b.cmr_gate_sum.item();
+      c += host_item(b.cmr_gate_sum);
       ct += b.cmr_tokens;
     }
     ++p.blocks;

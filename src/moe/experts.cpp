@@ -1,22 +1,86 @@
 #include "strata/moe/experts.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
 #include "strata/autograd/node.h"
 #include "strata/autograd/ops.h"
+#include "strata/backend/elementwise.h"
+#include "strata/core/dispatch.h"
+#include "strata/core/strided.h"
 #include "strata/nn/transformer.h"
 
 namespace strata::moe {
 
+Tensor expert_dropout_mask(int64_t V, int64_t R, int64_t F, DType dtype, double p, const ExpertRowKeys& keys,
+                           const std::vector<PhiloxStream>& streams) {
+  STRATA_CHECK(p >= 0.0 && p <= 1.0) << "moe expert dropout: p must be in [0, 1], got " << p;
+  STRATA_CHECK(V >= 0 && R >= 0 && F >= 0 && int64_t(keys.global.size()) == V && int64_t(keys.row.size()) == V * R &&
+               int64_t(streams.size()) == V * R && keys.experts > 0)
+      << "moe expert dropout: keys for " << keys.global.size() << " experts, " << keys.row.size() << " rows and "
+      << streams.size() << " streams do not fit a buffer of " << V << " x " << R << " rows";
+  for (int64_t v = 0; v < V; ++v)
+    STRATA_CHECK(keys.global[size_t(v)] >= 0 && keys.global[size_t(v)] < keys.experts)
+        << "moe expert dropout: global expert " << keys.global[size_t(v)] << " outside " << keys.experts;
+  Tensor mask = Tensor::zeros({V, R, F}, dtype);
+  dispatch_float(dtype, "moe expert dropout", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* out = mask.data<T>();
+    const int64_t rows = V * R;
+    if (p == 0.0 || p == 1.0) {  // nothing to draw: all kept (empty rows still 0) or all dropped
+      if (p == 0.0)
+        for (int64_t i = 0; i < rows; ++i)
+          if (keys.row[size_t(i)] >= 0) std::fill(out + i * F, out + (i + 1) * F, T(1));
+      return;
+    }
+    const float threshold = float(p);  // f32 compare, as backend::dropout_mask and PhiloxStream::bernoulli
+    const T scale = T(1.0 / (1.0 - p));
+#pragma omp parallel for schedule(static) if (rows * F >= kParallelGrain)
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t src = keys.row[size_t(i)];
+      if (src < 0) continue;
+      const PhiloxStream& st = streams[size_t(i)];
+      T* o = out + i * F;
+      const uint64_t base = (uint64_t(src) * uint64_t(keys.experts) + uint64_t(keys.global[size_t(i / R)])) * uint64_t(F);
+      // element base + f; one Philox block gives 4 consecutive elements (PhiloxStream::u32's layout)
+      uint64_t e = base;
+      const uint64_t end = base + uint64_t(F);
+      while (e < end) {
+        const uint64_t b = e >> 2;
+        const Philox4x32 w = philox4x32_10(uint32_t(b), uint32_t(b >> 32), uint32_t(st.offset), uint32_t(st.offset >> 32),
+                                           uint32_t(st.seed), uint32_t(st.seed >> 32));
+        for (uint64_t k = e & 3; k < 4 && e < end; ++k, ++e) {
+          const float u = float(w.v[k] >> 8) * (1.0f / 16777216.0f);  // == st.uniform(e)
+          o[e - base] = u >= threshold ? scale : T(0);
+        }
+      }
+    }
+  });
+  return mask;
+}
+
+Tensor expert_dropout(const Tensor& x, double p, const ExpertRowKeys& keys, const std::vector<PhiloxStream>& streams) {
+  STRATA_CHECK(x.dim() == 3) << "moe expert dropout: input must be [experts, rows, features], got " << x.str();
+  if (p == 0.0) return x;
+  Tensor mask = expert_dropout_mask(x.size(0), x.size(1), x.size(2), x.dtype(), p, keys, streams).to(x.device());
+  Tensor y = backend::binary(backend::BinaryOp::Mul, x.detach(), mask);
+  return autograd::record("moe_expert_dropout", y, {x}, [mask](const Tensor& g) -> std::vector<Tensor> {
+    return {backend::binary(backend::BinaryOp::Mul, g, mask)};
+  });
+}
+
 Tensor experts_forward(const Tensor& x, const ExpertWeights& w, double activation_dropout, double dropout,
-                       const nn::ForwardContext& ctx) {
+                       const nn::ForwardContext& ctx, const ExpertRowKeys* keys) {
   STRATA_CHECK(x.dim() == 3 && x.size(0) == w.count() && x.size(2) == w.fc1_weight.size(2))
       << "moe experts: input " << x.str() << " for " << w.count() << " experts of weight " << w.fc1_weight.str();
+  const bool keyed = keys && ctx.training;
   Tensor h = bmm(x, w.fc1_weight, false, true);  // [V, C, ffn]
   h = relu(h + unsqueeze(w.fc1_bias, 1));
-  h = nn::maybe_dropout(h, activation_dropout, ctx);
+  if (keyed && activation_dropout > 0) h = expert_dropout(h, activation_dropout, *keys, keys->act);
+  else if (!keyed) h = nn::maybe_dropout(h, activation_dropout, ctx);
   Tensor y = bmm(h, w.fc2_weight, false, true) + unsqueeze(w.fc2_bias, 1);  // [V, C, dim]
+  if (keyed) return dropout > 0 ? expert_dropout(y, dropout, *keys, keys->out) : y;
   return nn::maybe_dropout(y, dropout, ctx);
 }
 

@@ -30,8 +30,9 @@ Tensor combine_weights(const Tensor& g1, const Tensor& g2, const Tensor& keep1, 
 }
 
 namespace {
-Tensor column(const std::vector<double>& v, DType dt) {
-  return Tensor::from_vector(v, {int64_t(v.size()), 1}).to(dt);
+// Host vectors become constants on the device the gate computes on.
+Tensor column(const std::vector<double>& v, DType dt, Device dev) {
+  return Tensor::from_vector(v, {int64_t(v.size()), 1}).to(dt).to(dev);
 }
 }  // namespace
 
@@ -42,6 +43,7 @@ GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t ca
   const int64_t n = z.size(0), V = wg.size(0);
   STRATA_CHECK(S >= n) << "moe gate: " << n << " rows in a buffer of " << S;
   const DType gt = z.dtype() == DType::F64 ? DType::F64 : DType::F32;
+  const Device dev = z.device();
   const int k = opt.top1 ? 1 : 2;
   GateOutput out;
   out.routing.experts = V;
@@ -49,14 +51,17 @@ GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t ca
   out.routing.k = k;
   out.routing.first_count.assign(size_t(V), 0);
   if (n == 0) {  // this rank has no tokens at the stratum: all-padding buffer, L_s = 0
-    out.weights = Tensor::zeros({0, k}, gt);
-    out.balance = Tensor::scalar(0.0, gt);
-    if (opt.z_loss) out.z_loss = Tensor::scalar(0.0, gt);
+    out.weights = Tensor::zeros({0, k}, gt, dev);
+    out.balance = Tensor::scalar(0.0, gt).to(dev);
+    if (opt.z_loss) out.z_loss = Tensor::scalar(0.0, gt).to(dev);
     return out;
   }
   Tensor logits = linear(cast(z, gt), cast(wg, gt));  // [n, V]
   out.probs = softmax(logits, 1);
-  Tensor pd = out.probs.detach().contiguous(), ld = logits.detach().contiguous();
+  // Routing decisions are made on the host (raw pointers): a GPU gate's
+  // probabilities and logits are copied over (a no-op on the CPU).
+  Tensor pd = out.probs.detach().contiguous().to(Device::cpu());
+  Tensor ld = logits.detach().contiguous().to(Device::cpu());
   const RouteOptions ro{opt.top1, opt.policy, opt.normalize_before_dropping};
   dispatch_float(gt, "moe gate", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -75,10 +80,10 @@ GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t ca
     has2[size_t(i)] = r.e2[size_t(i)] >= 0;
     k2[size_t(i)] = r.keep2[size_t(i)];
   }
-  Tensor g1 = gather(out.probs, 1, Tensor::from_vector(i1, {n, 1}));
+  Tensor g1 = gather(out.probs, 1, Tensor::from_vector(i1, {n, 1}).to(dev));
   Tensor g2;
-  if (k == 2) g2 = gather(out.probs, 1, Tensor::from_vector(i2, {n, 1})) * column(has2, gt);
-  out.weights = combine_weights(g1, g2, column(k1, gt), k == 2 ? column(k2, gt) : Tensor(), opt.top1,
+  if (k == 2) g2 = gather(out.probs, 1, Tensor::from_vector(i2, {n, 1}).to(dev)) * column(has2, gt, dev);
+  out.weights = combine_weights(g1, g2, column(k1, gt, dev), k == 2 ? column(k2, gt, dev) : Tensor(), opt.top1,
                                 opt.normalize_before_dropping);
 
   // Balance loss V * sum_e m_e c_e over the visible experts.
@@ -94,23 +99,23 @@ GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t ca
   const int64_t denom = opt.balance_ignore_padding ? counted : S;
   std::vector<double> cnt(size_t(V), 0.0);
   for (int64_t i = 0; i < n; ++i) cnt[size_t(r.e1[size_t(i)])] += row_w[size_t(i)];
-  Tensor rw = Tensor::from_vector(row_w, {1, n}).to(gt);
+  Tensor rw = Tensor::from_vector(row_w, {1, n}).to(gt).to(dev);
   if (denom > 0) {
     Tensor msum = matmul(rw, out.probs);  // [1, V]: sum of probabilities over the counted rows
-    Tensor dot = sum(msum * Tensor::from_vector(cnt, {1, V}).to(gt));
+    Tensor dot = sum(msum * Tensor::from_vector(cnt, {1, V}).to(gt).to(dev));
     out.balance = dot * (double(V) / (double(denom) * double(denom)));
     if (!opt.balance_ignore_padding && S > n) {
       // The S - n zero padding rows: uniform 1/V probabilities, no first choice.
       out.balance = out.balance + double(S - n) * double(n) / (double(S) * double(S));
     }
   } else {
-    out.balance = Tensor::scalar(0.0, gt);
+    out.balance = Tensor::scalar(0.0, gt).to(dev);
   }
   if (opt.z_loss) {
     // logsumexp with the row maximum as a constant shift (its gradient cancels)
-    Tensor m = max(ld, 1, true);
+    Tensor m = max(logits.detach(), 1, true);
     Tensor lse = log(sum(exp(logits - m), 1, true)) + m;  // [n, 1]
-    out.z_loss = counted > 0 ? sum(matmul(rw, square(lse))) / double(counted) : Tensor::scalar(0.0, gt);
+    out.z_loss = counted > 0 ? sum(matmul(rw, square(lse))) / double(counted) : Tensor::scalar(0.0, gt).to(dev);
   }
   return out;
 }

@@ -103,7 +103,7 @@ void record_pass_stats(const Env& env, const GateOutput& g, int off, const std::
   BlockRoutingStats& st = *env.stats;
   const Routing& r = g.routing;
   if (r.rows == 0) return;
-  Tensor p = g.probs.detach().to(DType::F64).contiguous();
+  Tensor p = g.probs.detach().contiguous().to(Device::cpu()).to(DType::F64).contiguous();  // routing reads the host
   const double* pp = p.data<double>();
   const int64_t V = r.experts;
   for (int64_t i = 0; i < r.rows; ++i) {
@@ -134,21 +134,84 @@ void record_pass_stats(const Env& env, const GateOutput& g, int off, const std::
 
 // EOM on the combine weights: zeroing the weight of an (expert, slot)
 // assignment is zeroing that expert output row, since each slot holds one
-// token. Training: drop with probability p, no rescaling; evaluation: * (1-p).
+// token. Training: drop with probability p, no rescaling, keyed by (pass row,
+// global expert) (eom_keep); evaluation: * (1-p).
 Tensor expert_output_mask(const Env& env, const Tensor& weights, const Routing& r, int off) {
   const double p = env.spec.eom_rate;
   if (!env.ctx.training) return weights * (1.0 - p);
-  const PhiloxStream stream = env.ctx.next_stream();  // drawn on every rank and pass, tokens or not
-  std::vector<double> keep(size_t(r.rows * r.k), 1.0);
-  for (int64_t i = 0; i < r.rows; ++i)
-    for (int j = 0; j < r.k; ++j) {
-      const int64_t e = j == 0 ? r.e1[size_t(i)] : r.e2[size_t(i)];
-      if (e < 0) continue;
-      const int64_t loc = j == 0 ? r.loc1[size_t(i)] : r.loc2[size_t(i)];
-      // element = (global expert, capacity slot), independent of how the buffer is trimmed
-      if (stream.bernoulli(uint64_t((off + e) * r.capacity + loc), float(p))) keep[size_t(i * r.k + j)] = 0.0;
-    }
-  return weights * Tensor::from_vector(keep, {r.rows, int64_t(r.k)}).to(weights.dtype());
+  if (r.rows == 0) return weights;  // no rows, no stream (see the stream rule in moe_pass)
+  const PhiloxStream stream = env.ctx.next_stream();
+  const std::vector<double> keep = eom_keep(r, off, env.spec.experts(), stream, p);
+  return weights * Tensor::from_vector(keep, {r.rows, int64_t(r.k)}).to(weights.dtype()).to(weights.device());
+}
+
+// The streams a rank draws in a pass for dropout inside the experts.
+struct ExpertStreams {
+  bool on = false;  // training with activation dropout or dropout > 0
+  PhiloxStream act, out;
+};
+
+// Row keys of a one-process buffer [V, used]: slot (v, c) is expert off + v,
+// holding pass row slot_src / k of this batch.
+ExpertRowKeys local_row_keys(const SlotMap& map, int64_t V, int64_t used, int off, int E, const ExpertStreams& st,
+                             const BlockSpec& spec) {
+  ExpertRowKeys keys;
+  keys.experts = E;
+  keys.global.resize(size_t(V));
+  for (int64_t v = 0; v < V; ++v) keys.global[size_t(v)] = off + v;
+  keys.row.resize(size_t(V * used));
+  for (int64_t s = 0; s < V * used; ++s) {
+    const int64_t src = map.slot_src[size_t(s)];
+    keys.row[size_t(s)] = src >= 0 ? src / map.k : -1;
+  }
+  if (spec.activation_dropout > 0) keys.act.assign(size_t(V * used), st.act);
+  if (spec.dropout > 0) keys.out.assign(size_t(V * used), st.out);
+  return keys;
+}
+
+// Row keys of an expert-parallel buffer [EL, W * used] (local expert l, source
+// rank q, slot c): every rank sends, with its buffer, each slot's source row
+// and its streams (an i64 all-to-all of the same chunk layout), so an expert
+// masks a token as the token's own micro-batch would on one process.
+ExpertRowKeys exchanged_row_keys(const SlotMap& map, int64_t used, int E, const ExpertStreams& st, const BlockSpec& spec,
+                                 const ExpertPlacement& place, dist::Communicator& comm, Device dev) {
+  constexpr int64_t K = 5;  // source row, act seed, act offset, out seed, out offset
+  std::vector<int64_t> ids(size_t(map.slots * K), -1);
+  for (int64_t s = 0; s < map.slots; ++s) {
+    const int64_t src = map.slot_src[size_t(s)];
+    if (src < 0) continue;
+    int64_t* o = ids.data() + s * K;
+    o[0] = src / map.k;
+    o[1] = int64_t(st.act.seed);
+    o[2] = int64_t(st.act.offset);
+    o[3] = int64_t(st.out.seed);
+    o[4] = int64_t(st.out.offset);
+  }
+  // on the device of the expert buffers: the communicator that moves those moves these
+  Tensor send = Tensor::from_vector(ids, {map.slots, K}).to(dev);
+  Tensor recv = Tensor::empty({map.slots, K}, DType::I64, dev);
+  comm.all_to_all(send, recv);
+  recv = recv.to(Device::cpu());
+  const int64_t* rp = recv.data<int64_t>();
+  const int64_t W = place.world, EL = place.num_local, R = W * used;
+  ExpertRowKeys keys;
+  keys.experts = E;
+  keys.global.resize(size_t(EL));
+  for (int64_t l = 0; l < EL; ++l) keys.global[size_t(l)] = place.first_local + l;
+  keys.row.assign(size_t(EL * R), -1);
+  if (spec.activation_dropout > 0) keys.act.resize(size_t(EL * R));
+  if (spec.dropout > 0) keys.out.resize(size_t(EL * R));
+  for (int64_t q = 0; q < W; ++q)
+    for (int64_t l = 0; l < EL; ++l)
+      for (int64_t c = 0; c < used; ++c) {
+        const int64_t* in = rp + ((q * EL + l) * used + c) * K;  // received [source rank, local expert, slot]
+        const size_t b = size_t(l * R + q * used + c);           // buffer [local expert, source rank * slot]
+        keys.row[b] = in[0];
+        if (in[0] < 0) continue;
+        if (!keys.act.empty()) keys.act[b] = PhiloxStream{uint64_t(in[1]), uint64_t(in[2])};
+        if (!keys.out.empty()) keys.out[b] = PhiloxStream{uint64_t(in[3]), uint64_t(in[4])};
+      }
+  return keys;
 }
 
 PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const std::vector<int32_t>& lang,
@@ -163,8 +226,15 @@ PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const 
   const int64_t C = expert_capacity(S, V, env.gate.top1, env.gate.capacity_factor, ctx.training,
                                     env.gate.eval_capacity_fraction);
   const bool noisy = !env.gate.top1 && V > 1 && env.gate.policy != config::SecondExpertPolicy::Argmax;
+  // The stream rule: a rank draws the pass's streams from ctx (gate noise,
+  // EOM, expert dropout, in that order) only when it has rows at the pass. One
+  // process makes the pass exactly when its batch has rows at the stratum, so
+  // rank r draws what micro-batch r draws on one process, whatever the other
+  // ranks' batches make the expert group's pass loop do.
   PhiloxStream noise;
-  if (noisy) noise = ctx.rng ? ctx.next_stream() : PhiloxStream{mix_keys(kEvalNoiseSeed, spec.key), uint64_t(s)};
+  if (noisy)
+    noise = !ctx.rng ? PhiloxStream{mix_keys(kEvalNoiseSeed, spec.key), uint64_t(s)}
+                     : n > 0 ? ctx.next_stream() : PhiloxStream{};  // n = 0: gate_forward routes nothing
   MoEProfile& prof = profile();
   const double t_gate = prof.enabled ? profile_clock() : 0;
   GateTimer gate_timer;
@@ -183,11 +253,19 @@ PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const 
   for (int64_t i = 0; i < n; ++i) out.e1[size_t(i)] = off + g.routing.e1[size_t(i)];
   Tensor weights = g.weights;
   if (spec.eom_rate > 0) weights = expert_output_mask(env, weights, g.routing, off);
+  // Dropout inside the experts, keyed by (this batch's stream, pass row, global
+  // expert, feature): drawn here, before any early return, by a rank with rows.
+  ExpertStreams xs;
+  xs.on = ctx.training && (spec.activation_dropout > 0 || spec.dropout > 0);
+  if (xs.on && n > 0) {
+    if (spec.activation_dropout > 0) xs.act = ctx.next_stream();
+    if (spec.dropout > 0) xs.out = ctx.next_stream();
+  }
 
   // Trim the buffer to the slots some rank uses (same shape on every rank).
   const int64_t used = env.comm.all_reduce_int(g.routing.used_capacity(), dist::ReduceOp::Max);
   if (used == 0) {
-    out.y = Tensor::zeros({n, d}, z.dtype());
+    out.y = Tensor::zeros({n, d}, z.dtype(), z.device());
     return out;
   }
   const bool local = env.place.world == 1;
@@ -202,16 +280,28 @@ PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const 
     for (int64_t src : map->slot_src) prof.filled += src >= 0;
   }
   Tensor X = all_to_all_rows(dispatch_rows(z, map), env.comm);
+  // The row keys of the expert buffer (dropout inside the experts in training).
+  ExpertRowKeys keys;
+  if (xs.on) {
+    if (local) {
+      keys = local_row_keys(*map, V, used, off, E, xs, spec);
+    } else {
+      const double t_ids = prof.enabled ? profile_clock() : 0;
+      keys = exchanged_row_keys(*map, used, E, xs, spec, env.place, env.comm, z.device());
+      if (prof.enabled) prof.exchange_fwd += profile_clock() - t_ids;
+    }
+  }
+  const ExpertRowKeys* kp = xs.on ? &keys : nullptr;
   Tensor Y;
   const double t_exp = prof.enabled ? profile_clock() : 0;
   if (local) {
-    Y = experts_forward(reshape(X, {V, used, d}), env.w.experts(off, V), spec.activation_dropout, spec.dropout, ctx);
+    Y = experts_forward(reshape(X, {V, used, d}), env.w.experts(off, V), spec.activation_dropout, spec.dropout, ctx, kp);
     Y = reshape(Y, {int64_t(V) * used, d});
   } else {
     // received [source rank, local expert, slot] -> [local expert, source rank * slot] and back
     const int64_t W = env.place.world, EL = env.place.num_local;
     Tensor Xe = reshape(contiguous(permute(reshape(X, {W, EL, used, d}), {1, 0, 2, 3})), {EL, W * used, d});
-    Tensor Ye = experts_forward(Xe, env.w.experts(0, EL), spec.activation_dropout, spec.dropout, ctx);
+    Tensor Ye = experts_forward(Xe, env.w.experts(0, EL), spec.activation_dropout, spec.dropout, ctx, kp);
     Y = reshape(contiguous(permute(reshape(Ye, {EL, W, used, d}), {1, 0, 2, 3})), {W * EL * used, d});
   }
   if (prof.enabled) prof.experts_fwd += profile_clock() - t_exp;
@@ -253,7 +343,7 @@ Tensor moe_block_forward(const Tensor& x, const Tensor& pad, const BlockSpec& sp
   if (pad.defined()) {
     STRATA_CHECK(pad.dim() == 2 && pad.size(0) == B && pad.size(1) == T)
         << "moe block " << spec.name << ": padding mask must be [" << B << ", " << T << "], got " << pad.str();
-    Tensor pf = pad.detach().to(DType::F32).contiguous();
+    Tensor pf = pad.detach().contiguous().to(Device::cpu()).to(DType::F32).contiguous();
     const float* pp = pf.data<float>();
     for (int64_t i = 0; i < N; ++i) is_pad[size_t(i)] = pp[i] != 0.0f;
   }
@@ -298,7 +388,7 @@ Tensor moe_block_forward(const Tensor& x, const Tensor& pad, const BlockSpec& sp
       const int64_t n = int64_t(rows.size());
       const bool all = n == N;
       const double t_rows = profile().enabled ? profile_clock() : 0;
-      Tensor h = all ? H : index_select(H, 0, Tensor::from_vector(rows, {n}));
+      Tensor h = all ? H : index_select(H, 0, Tensor::from_vector(rows, {n}).to(H.device()));
       if (profile().enabled) profile().rows_fwd += profile_clock() - t_rows;
       Tensor z, r;
       if (s == 0) {
@@ -336,7 +426,8 @@ Tensor moe_block_forward(const Tensor& x, const Tensor& pad, const BlockSpec& sp
     }
   }
   if (aux) {
-    if (!rec.balance.defined()) rec.balance = Tensor::scalar(0.0, x.dtype() == DType::F64 ? DType::F64 : DType::F32);
+    if (!rec.balance.defined())
+      rec.balance = Tensor::scalar(0.0, x.dtype() == DType::F64 ? DType::F64 : DType::F32).to(x.device());
     aux->blocks.push_back(rec);
   }
   if (env.stats) {

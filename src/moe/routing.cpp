@@ -135,4 +135,19 @@ SlotMap make_slot_map(const Routing& r, int64_t expert_base, int64_t buffer_expe
   return m;
 }
 
+std::vector<double> eom_keep(const Routing& r, int64_t expert_offset, int64_t experts, const PhiloxStream& stream,
+                             double p) {
+  STRATA_CHECK(expert_offset >= 0 && expert_offset + r.experts <= experts)
+      << "moe eom: experts [" << expert_offset << ", " << expert_offset + r.experts << ") outside the block's "
+      << experts;
+  std::vector<double> keep(size_t(r.rows * r.k), 1.0);
+  for (int64_t i = 0; i < r.rows; ++i)
+    for (int j = 0; j < r.k; ++j) {
+      const int64_t e = j == 0 ? r.e1[size_t(i)] : r.e2[size_t(i)];
+      if (e < 0) continue;
+      if (stream.bernoulli(uint64_t(i * experts + expert_offset + e), float(p))) keep[size_t(i * r.k + j)] = 0.0;
+    }
+  return keep;
+}
+
 }  // namespace strata::moe

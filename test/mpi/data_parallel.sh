@@ -98,9 +98,17 @@ check "SMoE: train losses equal the single process's" \
   same_metrics "$TMP/smoe1/metrics.jsonl" "$TMP/smoe2/metrics.jsonl" train 1
 check "SMoE: validation loss, BLEU and chrF equal the single process's" \
   same_metrics "$TMP/smoe1/metrics.jsonl" "$TMP/smoe2/metrics.jsonl" valid 1
-check "SMoE: updated parameters (experts included) equal the single process's" \
-  "${COMPARE[@]}" "$TMP/smoe1/checkpoint_last/model.safetensors" "$TMP/smoe2/checkpoint_last/model.safetensors" \
-  --atol 1e-4 --rtol 1e-4
+# Parameters are compared after ONE update: later, Adam turns fp32 summation-order
+# noise in a near-zero gradient (a ReLU unit at 0 for one token) into an lr-sized
+# step of either sign, so parameter equality after several updates is luck, not a
+# property (the losses above still agree over all three updates).
+OMP_NUM_THREADS=2 "${SMOE[@]}" --set train.max_update=1 --set train.save_dir="$TMP/smoe1u" --set train.update_freq=2 \
+  > "$TMP/smoe1u.log" 2>&1
+"${MPIRUN[@]}" -np 2 "${SMOE[@]}" --set train.max_update=1 --set train.save_dir="$TMP/smoe2u" --set train.update_freq=1 \
+  > "$TMP/smoe2u.log" 2>&1
+check "SMoE: parameters after one update (experts included) equal the single process's" \
+  "${COMPARE[@]}" "$TMP/smoe1u/checkpoint_last/model.safetensors" "$TMP/smoe2u/checkpoint_last/model.safetensors" \
+  --atol 1e-5 --rtol 1e-5
 
 # ---- 2. saved on 2 ranks, resumed on 1, 4 and 2
 one --set train.save_dir="$TMP/straight" --set train.max_update=5 --set train.update_freq=4 > "$TMP/straight.log" 2>&1

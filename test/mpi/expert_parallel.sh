@@ -7,11 +7,16 @@
 #     (experts gathered by global id into rank 0's checkpoint);
 #  2. that checkpoint resumes on 1 process, and a 1-process checkpoint on 2
 #     expert-parallel ranks, with the next loss of an uninterrupted run;
-#     (model.dropout 0 and moe.balance_loss_ignore_padding: see the note at TRAIN);
+#     (moe.balance_loss_ignore_padding: see the note at TRAIN);
 #  3. experts neither a multiple nor a divisor of the ranks are refused;
 #  4. E < W: top-2 MoE, 2 experts on 4 ranks (each expert replicated twice) make the
 #     update one process with update_freq 4 makes; checkpoints resume across 4 ranks and 1;
-#  5. EOM (moe_type eom): validation loss agrees (training masks are a documented deviation).
+#  5. EOM (moe_type eom) on 2 ranks: the training update (loss, parameters, Adam state) and
+#     validation equal one process's (masks keyed by (pass row, global expert));
+#  6. dropout on (model.dropout, activation and attention dropout 0.1; masks inside experts
+#     keyed by the token's micro-batch stream, pass row and global expert): top-2 with 4
+#     experts on 2 ranks, top-2 with 2 experts on 4 ranks (replicated experts) and SMoE 2-2
+#     with EOM on 2 ranks make one process's update.
 # Usage: test/mpi/expert_parallel.sh BUILD_DIR. Needs mpirun and an MPI build.
 SUITE="mpi expert parallel"
 source "$(dirname "$0")/../e2e/lib.sh"
@@ -32,9 +37,9 @@ TRAIN=("$BUILD/strata-train" "$ROOT/jobs/configs/tiny_smoe.yaml"
   --set data.data_dir="$TMP/data" --set data.lang_pairs=en-de,de-en,en-fr,fr-en --set data.valid_subset=dev
   --set train.log_interval=1 --set train.validate_interval_updates=1000 --set train.save_interval_updates=1000
   --set train.valid_bleu_sentences=0 --set moe.capacity_factor=4 --set train.warmup_init_lr=0.002
-  # Exactness needs two documented deviations off (docs/distributed.md): dropout inside
-  # experts is drawn on the processing rank, and the balance loss would count the
-  # padding rows of the buffers padded to the ranks' largest pass.
+  # Exactness needs one documented deviation off (docs/distributed.md): the balance loss
+  # would count the padding rows of the buffers padded to the ranks' largest pass.
+  # Sections 1-5 run without dropout, section 6 with it.
   --set model.dropout=0 --set moe.balance_loss_ignore_padding=true)
 one() { OMP_NUM_THREADS=2 "${TRAIN[@]}" "$@"; }
 ep2() { "${MPIRUN[@]}" -np 2 "${TRAIN[@]}" --set moe.expert_parallel=true --set train.update_freq=1 "$@"; }
@@ -55,6 +60,8 @@ for u, k, x, y in bad[:3]: print(f"  update {u} {k}: {x!r} vs {y!r}")
 sys.exit(1 if bad else 0)
 PY
 }
+
+other_metrics() { ! same_metrics "$@" > /dev/null; }
 
 # ---- 1. one update: 2 expert-parallel ranks = 1 process on the same global batch
 one --set train.save_dir="$TMP/one" --set train.max_update=1 --set train.update_freq=2 > "$TMP/one.log" 2>&1
@@ -116,17 +123,54 @@ cp -r "$TMP/one4" "$TMP/one_to_ep4"
 check "  a 1-process checkpoint resumes on the 4 ranks" grep -q "resumed from .* at update 1" "$TMP/one_to_ep4.log"
 check "  with the uninterrupted run's next loss" same_metrics "$TMP/straight4/metrics.jsonl" "$TMP/one_to_ep4/metrics.jsonl" train 2
 
-# ---- 5. SMoE 2-2 with expert-output masking (moe.moe_type eom). The training masks
-# are keyed by (global expert, capacity slot) with the slot's stride the capacity, which
-# is sized by the largest pass over the ranks: they differ from one process's (a
-# documented deviation, docs/distributed.md). Evaluation scales by 1 - p, deterministic:
-# with lr 1e-30 the update leaves the f32 weights alone and the validation losses must agree.
-EOM=(--set moe.moe_type=eom --set train.lr=1e-30 --set train.warmup_init_lr=1e-30)
+# ---- 5. SMoE 2-2 with expert-output masking (moe.moe_type eom). The training masks are
+# keyed by (pass row, global expert) in the micro-batch's stream: rank r masks what micro-batch
+# r masks on one process, so the whole update must agree (evaluation scales by 1 - p).
+# same_update NAME A B: train metrics, validation, parameters and Adam state of runs A and B agree.
+same_update() {
+  local what=$1 a=$2 b=$3
+  check "$what: train loss and gradient norm equal the single process's" same_metrics "$TMP/$a/metrics.jsonl" "$TMP/$b/metrics.jsonl" train 1
+  check "$what: validation loss equals the single process's" same_metrics "$TMP/$a/metrics.jsonl" "$TMP/$b/metrics.jsonl" valid 1
+  check "$what: parameters equal the single process's" \
+    "${COMPARE[@]}" "$TMP/$a/checkpoint_last/model.safetensors" "$TMP/$b/checkpoint_last/model.safetensors" \
+    --atol 1e-4 --rtol 1e-4
+  check "$what: Adam state equals the single process's" \
+    "${COMPARE[@]}" "$TMP/$a/checkpoint_last/optimizer.safetensors" "$TMP/$b/checkpoint_last/optimizer.safetensors" \
+    --atol 1e-4 --rtol 1e-4
+}
+EOM=(--set moe.moe_type=eom)
 one "${EOM[@]}" --set train.save_dir="$TMP/one_eom" --set train.max_update=1 --set train.update_freq=2 > "$TMP/one_eom.log" 2>&1
 check "EOM, 1 process, update_freq 2, trains" test $? -eq 0
 ep2 "${EOM[@]}" --set train.save_dir="$TMP/ep_eom" --set train.max_update=1 > "$TMP/ep_eom.log" 2>&1
 check "EOM, 2 expert-parallel ranks train" test $? -eq 0
-check "  validation loss (EOM scales by 1 - p) equals the single process's" same_metrics "$TMP/one_eom/metrics.jsonl" "$TMP/ep_eom/metrics.jsonl" valid 1
+same_update "EOM" one_eom ep_eom
+check "  control: the EOM loss differs from plain SMoE's (section 1: the masks are in effect)" \
+  other_metrics "$TMP/one/metrics.jsonl" "$TMP/one_eom/metrics.jsonl" train 1
+
+# ---- 6. dropout on: dropout inside experts is keyed by (micro-batch stream, pass row, global
+# expert, feature); the receiving rank learns each row's source row and stream with the tokens.
+DROP=(--set model.dropout=0.1 --set model.activation_dropout=0.1 --set model.attention_dropout=0.1)
+TOP2x4=(--set moe.experts=4 --set 'moe.strata=[4]')
+one "${DROP[@]}" "${TOP2x4[@]}" --set train.save_dir="$TMP/one_drop" --set train.max_update=1 --set train.update_freq=2 > "$TMP/one_drop.log" 2>&1
+check "dropout on, top-2 with 4 experts, 1 process, update_freq 2, trains" test $? -eq 0
+ep2 "${DROP[@]}" "${TOP2x4[@]}" --set train.save_dir="$TMP/ep_drop" --set train.max_update=1 > "$TMP/ep_drop.log" 2>&1
+check "dropout on, top-2 with 4 experts, 2 expert-parallel ranks train" test $? -eq 0
+same_update "dropout on, 4 experts on 2 ranks" one_drop ep_drop
+one "${TOP2x4[@]}" --set train.save_dir="$TMP/one_nodrop" --set train.max_update=1 --set train.update_freq=2 > "$TMP/one_nodrop.log" 2>&1
+check "  control: the same run without dropout gives other parameters" \
+  "${COMPARE[@]}" "$TMP/one_nodrop/checkpoint_last/model.safetensors" "$TMP/ep_drop/checkpoint_last/model.safetensors" \
+  --atol 1e-4 --rtol 1e-4 --expect-differ
+one "${DROP[@]}" "${TOP2[@]}" --set train.save_dir="$TMP/one4_drop" --set train.max_update=1 --set train.update_freq=4 > "$TMP/one4_drop.log" 2>&1
+check "dropout on, top-2 with 2 experts, 1 process, update_freq 4, trains" test $? -eq 0
+"${MPIRUN[@]}" -np 4 "${TRAIN[@]}" "${DROP[@]}" "${TOP2[@]}" --set moe.expert_parallel=true --set train.update_freq=1 \
+  --set train.save_dir="$TMP/ep4_drop" --set train.max_update=1 > "$TMP/ep4_drop.log" 2>&1
+check "dropout on, top-2 with 2 experts on 4 expert-parallel ranks (replicated experts) train" test $? -eq 0
+same_update "dropout on, 2 experts on 4 ranks" one4_drop ep4_drop
+one "${DROP[@]}" "${EOM[@]}" --set train.save_dir="$TMP/one_smoe_drop" --set train.max_update=1 --set train.update_freq=2 > "$TMP/one_smoe_drop.log" 2>&1
+check "dropout on, SMoE 2-2 with EOM, 1 process, update_freq 2, trains" test $? -eq 0
+ep2 "${DROP[@]}" "${EOM[@]}" --set train.save_dir="$TMP/ep_smoe_drop" --set train.max_update=1 > "$TMP/ep_smoe_drop.log" 2>&1
+check "dropout on, SMoE 2-2 with EOM, 2 expert-parallel ranks train" test $? -eq 0
+same_update "dropout on, SMoE 2-2 with EOM on 2 ranks" one_smoe_drop ep_smoe_drop
 
 # ---- 3. a placement that is not supported is refused with one line
 "${MPIRUN[@]}" -np 3 "${TRAIN[@]}" --set moe.expert_parallel=true --set train.save_dir="$TMP/bad" \

@@ -32,6 +32,14 @@ void require_rows_close(const Tensor& got, const std::vector<Vec>& want, double 
     }
 }
 
+double max_diff(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  REQUIRE(x.size() == y.size());
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
+  return m;
+}
+
 struct Case {
   const char* name;
   std::vector<int> strata;
@@ -214,6 +222,139 @@ TEST_CASE("EOM scales expert outputs by 1-p in evaluation and masks whole output
     }
     CHECK(zeroed >= 2);   // ~8 of 32 expected
     CHECK(zeroed <= 16);
+  }
+}
+
+TEST_CASE("EOM training masks are keyed by (pass row, global expert), not by the capacity", "[moe]") {
+  SECTION("eom_keep: the same routing under two capacities gives the same keep flags") {
+    const int64_t n = 40, V = 3, E = 5, off = 2;  // the stratum's experts are global 2..4
+    Tensor probs = softmax(test::rand({n, V}, 31, DType::F64, -2, 2), 1);
+    std::vector<double> pv = probs.to_vector<double>();
+    const RouteOptions ro{false, config::SecondExpertPolicy::Argmax, false};
+    Routing small = route<double>(pv.data(), pv.data(), n, V, 12, ro, nullptr);  // drops some choices
+    Routing large = route<double>(pv.data(), pv.data(), n, V, 200, ro, nullptr);
+    REQUIRE(small.e1 == large.e1);
+    REQUIRE(small.e2 == large.e2);
+    REQUIRE(small.keep1 != large.keep1);  // the buffers really differ
+    const PhiloxStream st{77, 3};
+    const double p = 0.4;
+    std::vector<double> a = eom_keep(small, off, E, st, p), b = eom_keep(large, off, E, st, p);
+    CHECK(a == b);
+    int dropped = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int j = 0; j < 2; ++j) {
+        const int64_t e = j == 0 ? large.e1[size_t(i)] : large.e2[size_t(i)];
+        REQUIRE(a[size_t(i * 2 + j)] == (st.bernoulli(uint64_t(i * E + off + e), float(p)) ? 0.0 : 1.0));
+        dropped += a[size_t(i * 2 + j)] == 0.0;
+      }
+    CHECK(dropped > 10);  // ~32 of 80 expected
+    CHECK(dropped < 60);
+  }
+  SECTION("the block: two capacity factors that drop nothing give the same training output") {
+    BlockSpec spec = test::small_spec({2, 2});
+    spec.eom_rate = 0.3;
+    spec.gate.policy = config::SecondExpertPolicy::Sampling;
+    auto leaves = test::block_leaves(spec, 14);
+    Tensor x = test::rand({3, 6, spec.dim}, 8, DType::F64);
+    auto train = [&](double factor, double eom) {
+      BlockSpec sp = spec;
+      sp.gate.capacity_factor = factor;
+      sp.eom_rate = eom;
+      Generator gen(21);
+      nn::ForwardContext ctx{true, &gen, nullptr};
+      Tensor y = run_block(sp, leaves, x, ctx).detach();
+      CHECK(gen.next_offset() > 0);
+      return y;
+    };
+    Tensor a = train(4.0, 0.3), b = train(9.0, 0.3);
+    test::require_close(a, b, 0, 0);
+    CHECK(max_diff(a, train(4.0, 0.0)) > 1e-3);  // the masks are in effect
+  }
+}
+
+TEST_CASE("dropout inside experts is keyed by the token, not by its buffer slot", "[moe]") {
+  SECTION("expert_dropout_mask: a row's mask depends on (stream, source row, global expert) only") {
+    const int64_t F = 7, E = 6;
+    const PhiloxStream s0{5, 11}, s1{9, 2};
+    // layout A: [2 experts (global 1, 4), 3 slots]; layout B: [3 experts (4, 0, 1), 5 slots], rows moved around
+    ExpertRowKeys a, b;
+    a.experts = b.experts = E;
+    a.global = {1, 4};
+    a.row = {0, 3, -1, 2, 0, 5};
+    a.act = {s0, s1, s0, s0, s1, s0};
+    b.global = {4, 0, 1};
+    b.row = {-1, 5, 0, 2, -1, /**/ 1, -1, -1, -1, -1, /**/ 3, -1, -1, -1, 0};
+    b.act = {s0, s0, s1, s0, s0, s1, s0, s0, s0, s0, s1, s0, s0, s0, s0};
+    const double p = 0.35;
+    std::vector<double> ma = expert_dropout_mask(2, 3, F, DType::F64, p, a, a.act).to_vector<double>();
+    std::vector<double> mb = expert_dropout_mask(3, 5, F, DType::F64, p, b, b.act).to_vector<double>();
+    auto row = [&](const std::vector<double>& m, int64_t i) { return std::vector<double>(m.begin() + i * F, m.begin() + (i + 1) * F); };
+    CHECK(row(ma, 0) == row(mb, 2 * 5 + 4));  // row 0 at expert 1, stream s0
+    CHECK(row(ma, 1) == row(mb, 2 * 5 + 0));  // row 3 at expert 1, stream s1
+    CHECK(row(ma, 3) == row(mb, 0 * 5 + 3));  // row 2 at expert 4, stream s0
+    CHECK(row(ma, 4) == row(mb, 0 * 5 + 2));  // row 0 at expert 4, stream s1
+    CHECK(row(ma, 5) == row(mb, 0 * 5 + 1));  // row 5 at expert 4, stream s0
+    CHECK(row(ma, 2) == std::vector<double>(size_t(F), 0.0));  // empty slots are masked out
+    // the elements, and the inverted scaling of nn dropout
+    for (int64_t f = 0; f < F; ++f) {
+      const bool drop = s1.bernoulli(uint64_t((3 * E + 1) * F + f), float(p));
+      CHECK(ma[size_t(1 * F + f)] == (drop ? 0.0 : 1.0 / (1.0 - p)));
+    }
+    // other (row, expert, stream) keys give other masks
+    CHECK(row(ma, 0) != row(ma, 4));
+    CHECK(row(ma, 1) != row(mb, 2 * 5 + 3));
+    SECTION("forward and backward multiply by the saved mask") {
+      Tensor x = test::rand({2, 3, F}, 4, DType::F64).set_requires_grad(true);
+      Tensor y = expert_dropout(x, p, a, a.act);
+      Tensor m = Tensor::from_vector(ma, {2, 3, F});
+      test::require_close(y.detach(), x.detach() * m, 0, 0);
+      Tensor g = test::rand({2, 3, F}, 5, DType::F64);
+      y.backward(g);
+      test::require_close(x.grad(), g * m, 0, 0);
+    }
+  }
+  SECTION("the block: a token's training output does not depend on the other tokens' slots") {
+    // Appending a sentence moves the slots of the first sentences' second choices (they queue
+    // behind every first choice) but not their pass rows: with nothing dropped and the same
+    // streams their outputs must not change.
+    for (std::vector<int> strata : {std::vector<int>{4}, std::vector<int>{2, 2}}) {
+      BlockSpec spec = test::small_spec(strata);
+      spec.dropout = 0.3;
+      spec.activation_dropout = 0.2;
+      spec.eom_rate = 0.2;
+      spec.gate.capacity_factor = 16.0;
+      auto leaves = test::block_leaves(spec, 19);
+      Tensor x = test::rand({2, 5, spec.dim}, 9, DType::F64);
+      Tensor more = concat({x, test::rand({2, 5, spec.dim}, 10, DType::F64)}, 0);
+      auto train = [&](const BlockSpec& sp, const Tensor& in) {
+        Generator gen(33);
+        nn::ForwardContext ctx{true, &gen, nullptr};
+        return run_block(sp, leaves, in, ctx).detach();
+      };
+      Tensor a = train(spec, x), b = train(spec, more).narrow(0, 0, 2);
+      test::require_close(a, b, 1e-12, 1e-12);
+      BlockSpec off = spec;
+      off.dropout = off.activation_dropout = 0;
+      CHECK(max_diff(a, train(off, x)) > 1e-3);  // the dropout is in effect
+    }
+  }
+  SECTION("gradients through EOM and the row-keyed dropouts") {
+    BlockSpec spec = test::small_spec({2, 2}, 4, 5);
+    spec.dropout = 0.3;
+    spec.activation_dropout = 0.2;
+    spec.eom_rate = 0.2;
+    spec.gate.capacity_factor = 1.0;  // with drops
+    spec.gate.policy = config::SecondExpertPolicy::Sampling;
+    auto leaves = test::block_leaves(spec, 5);
+    leaves.push_back(test::grad_input({2, 4, 4}, 78, true, -2, 2));
+    test::require_gradcheck(
+        [&](const std::vector<Tensor>& in) {
+          Generator gen(9);  // the same masks in every evaluation
+          nn::ForwardContext ctx{true, &gen, nullptr};
+          std::vector<Tensor> w(in.begin(), in.end() - 1);
+          return reshape(run_block(spec, w, in.back(), ctx), {-1});
+        },
+        leaves);
   }
 }
 

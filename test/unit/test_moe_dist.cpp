@@ -207,3 +207,116 @@ TEST_CASE("a rank without tokens at a stratum still joins every collective of th
     REQUIRE_THROWS_WITH(ExpertPlacement::of(4, c), Catch::Contains("do not split evenly"));
   }
 }
+
+TEST_CASE("expert-parallel training draws the masks one process draws for the same micro-batch", "[moe]") {
+  // Rank r trains micro-batch r with the generator that micro-batch has on one process
+  // (update_freq 2 there): gate noise, EOM and the dropouts inside the experts must
+  // match, although the experts see the rows in another buffer layout on another rank.
+  struct C {
+    const char* name;
+    std::vector<int> strata;
+    int64_t rank1_tokens;
+  } cases[] = {{"top-2 MoE, 4 experts", {4}, 6},
+               {"SMoE 2-2", {2, 2}, 6},
+               {"SMoE 1-1-2, one token on rank 1 (passes without local rows draw nothing)", {1, 1, 2}, 1}};
+  for (const C& c : cases) {
+    SECTION(c.name) {
+      BlockSpec spec = test::small_spec(c.strata);
+      spec.gate.policy = config::SecondExpertPolicy::Sampling;
+      spec.gate.capacity_factor = 16.0;  // nothing dropped, whichever rank sizes the buffers
+      spec.dropout = 0.3;
+      spec.activation_dropout = 0.2;
+      spec.eom_rate = 0.25;
+      const int E = spec.experts();
+      auto leaves = test::block_leaves(spec, 29);
+      const Tensor x[2] = {test::rand({2, 5, spec.dim}, 3, DType::F64, -2, 2),
+                           test::rand({1, c.rank1_tokens, spec.dim}, 4, DType::F64, -2, 2)};
+      const Tensor gy[2] = {test::rand({2, 5, spec.dim}, 5, DType::F64),
+                            test::rand({1, c.rank1_tokens, spec.dim}, 6, DType::F64)};
+      const uint64_t seeds[2] = {101, 202};
+
+      // one process: the two micro-batches in sequence, gradients accumulated
+      dist::LocalCommunicator local;
+      for (auto& l : leaves) l.zero_grad();
+      Tensor want[2], want_dx[2];
+      uint64_t want_offset[2];
+      for (int r = 0; r < 2; ++r) {
+        Generator gen(seeds[r]);
+        Tensor xs = x[r].clone().set_requires_grad(true);
+        want[r] = moe_block_forward(xs, Tensor(), spec, test::block_weights(spec, leaves),
+                                    nn::ForwardContext{true, &gen, nullptr}, local, ExpertPlacement::of(E, local));
+        want[r].backward(gy[r]);
+        want_dx[r] = xs.grad();
+        want_offset[r] = gen.next_offset();
+      }
+      std::vector<Tensor> want_dw;
+      for (auto& l : leaves) want_dw.push_back(l.grad().defined() ? l.grad().clone() : Tensor());
+
+      SharedWorld world(2);
+      Tensor out[2], dx[2];
+      uint64_t offset[2] = {0, 0};
+      std::vector<std::vector<Tensor>> rank_leaves(2);
+      std::string error[2];
+      int calls[2] = {0, 0};
+      auto run = [&](int r) {
+        try {
+          ThreadCommunicator comm(world, r);
+          ExpertPlacement place = ExpertPlacement::of(E, comm);
+          for (auto& l : leaves) rank_leaves[size_t(r)].push_back(l.detach().clone().set_requires_grad(true));
+          BlockWeights w = test::block_weights(spec, rank_leaves[size_t(r)]);
+          auto global = w.experts;
+          w.experts = [global, place](int64_t first, int64_t count) {
+            return global(place.first_local + first, count);
+          };
+          Generator gen(seeds[r]);
+          Tensor xr = x[r].clone().set_requires_grad(true);
+          out[r] = moe_block_forward(xr, Tensor(), spec, w, nn::ForwardContext{true, &gen, nullptr}, comm, place);
+          out[r].backward(gy[r]);
+          dx[r] = xr.grad();
+          offset[r] = gen.next_offset();
+          calls[r] = comm.calls;
+        } catch (const std::exception& e) {
+          error[r] = e.what();
+        }
+      };
+      std::thread t0(run, 0), t1(run, 1);
+      t0.join();
+      t1.join();
+      INFO(error[0] << error[1]);
+      REQUIRE(error[0].empty());
+      REQUIRE(error[1].empty());
+      CHECK(calls[0] == calls[1]);
+      for (int r = 0; r < 2; ++r) {
+        INFO("rank " << r);
+        CHECK(offset[r] == want_offset[r]);  // the streams that follow the block are the same too
+        test::require_close(out[r].detach(), want[r].detach(), 1e-12, 1e-12);
+        test::require_close(dx[r], want_dx[r], 1e-12, 1e-12);
+      }
+      const size_t first_expert_leaf = 2 + size_t(spec.num_strata());
+      for (size_t k = 0; k < 4; ++k)
+        for (int r = 0; r < 2; ++r) {
+          Tensor g = rank_leaves[size_t(r)][first_expert_leaf + k].grad();
+          REQUIRE(g.defined());
+          test::require_close(g.narrow(0, r * E / 2, E / 2), want_dw[first_expert_leaf + k].narrow(0, r * E / 2, E / 2),
+                              1e-12, 1e-12);
+        }
+      for (size_t k = 0; k < first_expert_leaf; ++k) {
+        Tensor g0 = rank_leaves[0][k].grad(), g1 = rank_leaves[1][k].grad();
+        if (!want_dw[k].defined()) continue;
+        Tensor sum = g0.defined() && g1.defined() ? g0 + g1 : (g0.defined() ? g0 : g1);
+        REQUIRE(sum.defined());
+        test::require_close(sum.detach(), want_dw[k], 1e-12, 1e-12);
+      }
+      // the dropouts are in effect: without them the output differs
+      BlockSpec plain = spec;
+      plain.dropout = plain.activation_dropout = 0;
+      Generator gen(seeds[0]);
+      Tensor y0 = moe_block_forward(x[0], Tensor(), plain, test::block_weights(plain, leaves),
+                                    nn::ForwardContext{true, &gen, nullptr}, local, ExpertPlacement::of(E, local));
+      std::vector<double> a = y0.detach().to_vector<double>(), b = want[0].detach().to_vector<double>();
+      double diff = 0;
+      for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::fabs(a[i] - b[i]));
+      CHECK(diff > 1e-3);
+    }
+  }
+}

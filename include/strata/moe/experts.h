@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "strata/core/philox.h"
 #include "strata/nn/module.h"
 
 namespace strata::moe {
@@ -24,10 +25,41 @@ struct ExpertWeights {
   int64_t count() const { return fc1_weight.defined() ? fc1_weight.size(0) : 0; }
 };
 
-// x [V, C, dim] (expert v's slots in row v) -> [V, C, dim]. The activation
-// dropout and the output dropout draw from ctx in that order (training only).
+// Where the rows of an expert buffer [V, R, ·] come from, so that dropout
+// inside the experts is keyed by the token rather than by its buffer slot
+// (docs/moe.md, "Randomness"). Buffer row (v, r) holds the token of pass row
+// row[v * R + r] (-1: an empty slot) of some micro-batch, processed by global
+// expert global[v]; act/out are that micro-batch's streams for the activation
+// and the output dropout (one entry per buffer row; a list may be empty when
+// its dropout is off). The mask of element f of the row is the stream's
+// uniform at (row * experts + global) * F + f, dropped when below p (compared
+// in f32, as backend::dropout_mask): a pure function of (micro-batch stream,
+// pass row, global expert, feature), whatever the capacity, the buffer layout
+// or the rank that computes the expert.
+struct ExpertRowKeys {
+  int64_t experts = 0;          // E: all experts of the block (stride of the global id)
+  std::vector<int64_t> global;  // [V]
+  std::vector<int64_t> row;     // [V * R]
+  std::vector<PhiloxStream> act, out;
+};
+
+// The keep-mask [V, R, F] of a row-keyed dropout with probability p (host,
+// `dtype`): 1 / (1 - p) where kept, 0 where dropped and on empty rows.
+// streams: keys.act or keys.out.
+Tensor expert_dropout_mask(int64_t V, int64_t R, int64_t F, DType dtype, double p, const ExpertRowKeys& keys,
+                           const std::vector<PhiloxStream>& streams);
+
+// x [V, R, F] * expert_dropout_mask (built on the host, moved to x's device);
+// the mask is saved for the backward. p = 0 returns x.
+Tensor expert_dropout(const Tensor& x, double p, const ExpertRowKeys& keys, const std::vector<PhiloxStream>& streams);
+
+// x [V, C, dim] (expert v's slots in row v) -> [V, C, dim]. In training the
+// activation dropout and the output dropout are row-keyed (expert_dropout with
+// keys->act, keys->out) when keys is given, as the MoE block always does;
+// without keys they draw one stream each from ctx, in that order, keyed by
+// buffer position (a standalone FFN over a buffer that is not a token batch).
 Tensor experts_forward(const Tensor& x, const ExpertWeights& w, double activation_dropout, double dropout,
-                       const nn::ForwardContext& ctx);
+                       const nn::ForwardContext& ctx, const ExpertRowKeys* keys = nullptr);
 
 class ExpertBank : public nn::Module {
  public:

@@ -56,4 +56,14 @@ struct SlotMap {
 };
 SlotMap make_slot_map(const Routing& r, int64_t expert_base, int64_t buffer_experts, int64_t capacity);
 
+// EOM training masks (docs/moe.md): choice j of pass row i, routed to global
+// expert g = expert_offset + e, is dropped when element i * experts + g of the
+// pass's stream is below p (experts = all experts of the block). A row never
+// picks one expert twice, so its choices draw distinct elements; the key holds
+// no capacity or slot, so the mask does not depend on the buffer sizes (which
+// under expert parallelism depend on the other ranks' batches). Returns keep
+// [rows * k]: 1 or 0 (a choice without an expert keeps 1).
+std::vector<double> eom_keep(const Routing& r, int64_t expert_offset, int64_t experts, const PhiloxStream& stream,
+                             double p);
+
 }  // namespace strata::moe
