@@ -236,13 +236,15 @@ Tensor combine_rows(const Tensor& y, const Tensor& weights, std::shared_ptr<cons
 Tensor all_to_all_rows(const Tensor& x, dist::Communicator& comm) {
   Timed t(&profile().exchange_fwd);
   Tensor send = x.detach().contiguous();
-  Tensor recv = Tensor::empty(send.shape(), send.dtype());
+  // on x's device: a GPU send needs a GPU receive buffer (every communicator
+  // refuses buffers on different devices)
+  Tensor recv = Tensor::empty(send.shape(), send.dtype(), send.device());
   comm.all_to_all(send, recv);
   dist::Communicator* c = &comm;
   return record("moe_all_to_all", recv, {x}, [c](const Tensor& g) -> std::vector<Tensor> {
     Timed tb(&profile().exchange_bwd);
     Tensor gs = g.contiguous();
-    Tensor back = Tensor::empty(gs.shape(), gs.dtype());
+    Tensor back = Tensor::empty(gs.shape(), gs.dtype(), gs.device());
     c->all_to_all(gs, back);
     return {back};
   });

@@ -22,6 +22,7 @@
 
 #include <limits>
 
+#include "strata/backend/cuda/block_reduce.cuh"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/core/dispatch.h"
 
@@ -34,32 +35,6 @@ __device__ __forceinline__ float dexp(float v) { return expf(v); }
 __device__ __forceinline__ double dexp(double v) { return exp(v); }
 __device__ __forceinline__ float dlog(float v) { return logf(v); }
 __device__ __forceinline__ double dlog(double v) { return log(v); }
-
-struct SumOp {
-  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
-};
-// Written like the CPU's `x > m ? x : m`.
-struct MaxOp {
-  template <class A> __device__ A operator()(A a, A b) const { return b > a ? b : a; }
-};
-struct MinOp {
-  template <class A> __device__ A operator()(A a, A b) const { return b < a ? b : a; }
-};
-
-// Combines one value per thread over the block (blockDim.x a multiple of 32,
-// at most 1024); every thread gets the same, deterministic result. All
-// threads of the block must call it.
-template <class A, class Op>
-__device__ A block_reduce(A v, Op op) {
-  __shared__ A warp_vals[32];
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();  // the previous call's readers are done with warp_vals
-  if ((threadIdx.x & 31) == 0) warp_vals[threadIdx.x >> 5] = v;
-  __syncthreads();
-  A r = warp_vals[0];
-  for (int w = 1; w < int(blockDim.x >> 5); ++w) r = op(r, warp_vals[w]);
-  return r;
-}
 
 // One block per row. lse has the statistics type compute_t<T>.
 template <class T, class I>
@@ -75,7 +50,7 @@ __global__ void forward_rows_kernel(const T* __restrict__ x, int64_t s0, int64_t
       const C xv = load(xr + v * s1);
       m = xv > m ? xv : m;
     }
-    m = block_reduce(m, MaxOp{});
+    m = block_reduce(m, ReduceMax{});
     C se = 0;
     double sd = 0;  // ~V times larger than its terms' spread: double, as cheap as f32 here (bandwidth-bound)
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
@@ -83,8 +58,8 @@ __global__ void forward_rows_kernel(const T* __restrict__ x, int64_t s0, int64_t
       se += dexp(xv - m);
       sd += double(m - xv);
     }
-    se = block_reduce(se, SumOp{});
-    sd = block_reduce(sd, SumOp{});
+    se = block_reduce(se, ReduceSum{});
+    sd = block_reduce(sd, ReduceSum{});
     if (threadIdx.x == 0) {
       const C log_se = dlog(se);
       lse[i] = m + log_se;
@@ -104,10 +79,14 @@ __global__ void forward_rows_kernel(const T* __restrict__ x, int64_t s0, int64_t
 
 // One block: loss/nll sums in a fixed order, the token count and the first
 // bad target. info = {tokens, first bad row or -1, its target}.
+// __launch_bounds__: a 1024-thread block fits the register file only at <= 64
+// registers per thread; without the bound the launch can fail with "too many
+// resources requested" if the compiler uses more.
 template <class I, class O>
-__global__ void finish_kernel(const I* __restrict__ target, int64_t ts, int64_t N, int64_t V, int64_t ignore_index,
-                              const double* __restrict__ row_loss, const double* __restrict__ row_nll,
-                              O* __restrict__ loss_sum, O* __restrict__ nll_sum, int64_t* __restrict__ info) {
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_kernel(const I* __restrict__ target, int64_t ts, int64_t N, int64_t V, int64_t ignore_index,
+                  const double* __restrict__ row_loss, const double* __restrict__ row_nll, O* __restrict__ loss_sum,
+                  O* __restrict__ nll_sum, int64_t* __restrict__ info) {
   double loss = 0, nll = 0;
   long long tokens = 0, bad = N;
   for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
@@ -119,10 +98,10 @@ __global__ void finish_kernel(const I* __restrict__ target, int64_t ts, int64_t 
     loss += row_loss[i];
     nll += row_nll[i];
   }
-  loss = block_reduce(loss, SumOp{});
-  nll = block_reduce(nll, SumOp{});
-  tokens = block_reduce(tokens, SumOp{});
-  bad = block_reduce(bad, MinOp{});
+  loss = block_reduce(loss, ReduceSum{});
+  nll = block_reduce(nll, ReduceSum{});
+  tokens = block_reduce(tokens, ReduceSum{});
+  bad = block_reduce(bad, ReduceMin{});
   if (threadIdx.x == 0) {
     *loss_sum = store_cast<O>(loss);
     *nll_sum = store_cast<O>(nll);

@@ -300,6 +300,19 @@ uint32_t alignment_of(const void* p) {
   return al;
 }
 
+// Alignment that every matrix of a strided batch keeps: matrix i starts at
+// p + i * stride elements, so the batch step in bytes limits it as well (odd
+// [B, M, K] products of 16-bit data have steps of 2 bytes). The minimum
+// alignment preferences only describe the pointer passed in, so fold it in.
+uint32_t batch_alignment(const void* p, int64_t batch, int64_t stride, DType dt) {
+  uint32_t al = alignment_of(p);
+  if (batch > 1) {
+    const uint64_t step = uint64_t(stride) * uint64_t(dtype_size(dt));
+    while (al > 1 && step % al != 0) al /= 2;
+  }
+  return al;
+}
+
 // RAII for the cuBLASLt descriptors (created per call: host-only and cheap).
 struct LtDesc {
   cublasLtMatmulDesc_t h = nullptr;
@@ -393,7 +406,9 @@ bool run_lt(const Gemm& g) {
   make_layout(lb, t, g.ta ? g.M : g.K, g.ta ? g.K : g.M, g.lda, g.batch, g.stride_a);  // our a
   make_layout(lc, t, g.N, g.M, g.ldc, g.batch, g.stride_c);
 
-  const uint32_t al_a = alignment_of(g.b), al_b = alignment_of(g.a), al_c = alignment_of(g.c);
+  const uint32_t al_a = batch_alignment(g.b, g.batch, g.stride_b, g.dt),
+                 al_b = batch_alignment(g.a, g.batch, g.stride_a, g.dt),
+                 al_c = batch_alignment(g.c, g.batch, g.stride_c, g.dt);
   const AlgoKey key{{int64_t(ctx.device), int64_t(g.dt), g.ta, g.tb, g.M, g.N, g.K, g.batch, g.lda, g.ldb, g.ldc,
                      g.stride_a, g.stride_b, g.stride_c, int64_t(epi), al_a, al_b, al_c,
                      g.bias ? int64_t(alignment_of(g.bias)) : 0, 0}};

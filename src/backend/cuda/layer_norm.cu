@@ -19,6 +19,7 @@
 #include <array>
 #include <cmath>
 
+#include "strata/backend/cuda/block_reduce.cuh"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/core/dispatch.h"
 
@@ -27,20 +28,6 @@ namespace {
 
 // At most this many row chunks in the dgamma/dbeta partial sums.
 constexpr int64_t kMaxChunks = 128;
-
-// Sums one value per thread over the block (blockDim.x a multiple of 32, at
-// most 1024); every thread gets the same, deterministic result. All threads
-// of the block must call it.
-__device__ double block_sum(double v) {
-  __shared__ double warp_vals[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // the previous call's readers are done with warp_vals
-  if ((threadIdx.x & 31) == 0) warp_vals[threadIdx.x >> 5] = v;
-  __syncthreads();
-  double r = warp_vals[0];
-  for (int w = 1; w < int(blockDim.x >> 5); ++w) r += warp_vals[w];
-  return r;
-}
 
 // Statistics are stored as compute_t<T>: T for f32/f64, f32 for f16/bf16.
 template <class T>
@@ -56,13 +43,13 @@ __global__ void forward_kernel(const T* __restrict__ x, StridedIndexer<1> rows_i
     T* yr = y + r * D;
     double sum = 0;
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) sum += double(load(xr + j * xs));
-    const double mu = block_sum(sum) / double(D);
+    const double mu = block_reduce(sum, ReduceSum{}) / double(D);
     double sq = 0;
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
       const double c = double(load(xr + j * xs)) - mu;
       sq += c * c;
     }
-    const double rs = 1.0 / sqrt(block_sum(sq) / double(D) + eps);
+    const double rs = 1.0 / sqrt(block_reduce(sq, ReduceSum{}) / double(D) + eps);
     if (threadIdx.x == 0) {
       mean_out[r] = S(mu);
       rstd_out[r] = S(rs);
@@ -98,8 +85,8 @@ __global__ void dx_kernel(const T* __restrict__ dy, const T* __restrict__ x, Str
       s1 += double(dxhat);
       s2 += double(dxhat) * double(xhat);
     }
-    s1 = block_sum(s1);
-    s2 = block_sum(s2);
+    s1 = block_reduce(s1, ReduceSum{});
+    s2 = block_reduce(s2, ReduceSum{});
     const C c1 = C(s1 / double(D)), c2 = C(s2 / double(D));
     for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
       const C xhat = (load(xr + j * xs) - mu) * rs;

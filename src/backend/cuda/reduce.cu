@@ -20,6 +20,7 @@
 #include <array>
 #include <type_traits>
 
+#include "strata/backend/cuda/block_reduce.cuh"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/core/dispatch.h"
 
@@ -28,30 +29,10 @@ namespace {
 
 // top-k with k up to this keeps a sorted list per thread; larger k ranks every element.
 constexpr int kSmallK = 16;
-constexpr unsigned kFull = 0xffffffffu;
 
 // Accumulator of sums: double for floating types, int64 for integers (as the CPU).
 template <class T>
 using acc_t = std::conditional_t<std::is_integral_v<T>, long long, double>;
-
-struct SumOp {
-  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
-};
-
-// Combines one value per thread over the block (blockDim.x a multiple of 32,
-// at most 1024); every thread gets the same, deterministic result. All
-// threads of the block must call it.
-template <class A, class Op>
-__device__ A block_reduce(A v, Op op) {
-  __shared__ A warp_vals[32];
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(kFull, v, o));
-  __syncthreads();  // the previous call's readers are done with warp_vals
-  if ((threadIdx.x & 31) == 0) warp_vals[threadIdx.x >> 5] = v;
-  __syncthreads();
-  A r = warp_vals[0];
-  for (int w = 1; w < int(blockDim.x >> 5); ++w) r = op(r, warp_vals[w]);
-  return r;
-}
 
 // NaN ranks above every number (and equal to another NaN), as in the CPU's `greater`.
 template <class C>
@@ -76,8 +57,8 @@ __device__ void block_argmax(C& v, long long& i) {
   __shared__ C warp_v[32];
   __shared__ long long warp_i[32];
   for (int o = 16; o > 0; o >>= 1) {
-    const C ov = __shfl_xor_sync(kFull, v, o);
-    const long long oi = __shfl_xor_sync(kFull, i, o);
+    const C ov = __shfl_xor_sync(kFullWarpMask, v, o);
+    const long long oi = __shfl_xor_sync(kFullWarpMask, i, o);
     arg_combine(v, i, ov, oi);
   }
   __syncthreads();
@@ -113,7 +94,7 @@ __global__ void sum_block_kernel(const T* __restrict__ x, StridedIndexer<1> ix, 
     ix.offsets(lane, off);
     A acc = 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) acc += A(load(x + off[0] + j * xs));
-    acc = block_reduce(acc, SumOp{});
+    acc = block_reduce(acc, ReduceSum{});
     if (threadIdx.x == 0) out[lane] = finish_sum<T>(acc, average, scale);
   }
 }
@@ -144,7 +125,7 @@ __global__ void sum_all_partial_kernel(const T* __restrict__ x, StridedIndexer<1
     ix.offsets(i, off);
     acc += double(load(x + off[0]));
   }
-  acc = block_reduce(acc, SumOp{});
+  acc = block_reduce(acc, ReduceSum{});
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
@@ -152,7 +133,7 @@ template <class T>
 __global__ void sum_all_finish_kernel(const double* __restrict__ partial, int64_t parts, T* __restrict__ out) {
   double acc = 0;
   for (int64_t i = threadIdx.x; i < parts; i += blockDim.x) acc += partial[i];
-  acc = block_reduce(acc, SumOp{});
+  acc = block_reduce(acc, ReduceSum{});
   if (threadIdx.x == 0) *out = store_cast<T>(acc);
 }
 
@@ -212,7 +193,7 @@ __global__ void cumsum_block_kernel(const T* __restrict__ x, T* __restrict__ y, 
       const int64_t j = base + threadIdx.x;
       A v = j < n ? A(load(x + off[0] + j * xs)) : A(0);
       for (int o = 1; o < 32; o <<= 1) {
-        const A t = __shfl_up_sync(kFull, v, o);
+        const A t = __shfl_up_sync(kFullWarpMask, v, o);
         if (lane_id >= o) v += t;
       }
       if (lane_id == 31) warp_tot[warp] = v;

@@ -21,6 +21,7 @@
 #include <array>
 #include <limits>
 
+#include "strata/backend/cuda/block_reduce.cuh"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/core/dispatch.h"
 
@@ -31,30 +32,6 @@ __device__ __forceinline__ float dexp(float v) { return expf(v); }
 __device__ __forceinline__ double dexp(double v) { return exp(v); }
 __device__ __forceinline__ float dlog(float v) { return logf(v); }
 __device__ __forceinline__ double dlog(double v) { return log(v); }
-
-struct SumOp {
-  template <class A> __device__ A operator()(A a, A b) const { return a + b; }
-};
-// Written like the CPU's `x > m ? x : m`: a NaN never becomes the maximum.
-struct MaxOp {
-  template <class A> __device__ A operator()(A a, A b) const { return b > a ? b : a; }
-};
-
-// Combines one value per thread over the block (blockDim.x a multiple of 32,
-// at most 1024); every thread gets the same result. The warps' partials are
-// added in a fixed order, so the result is deterministic. All threads of the
-// block must call it.
-template <class A, class Op>
-__device__ A block_reduce(A v, Op op) {
-  __shared__ A warp_vals[32];
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();  // the previous call's readers are done with warp_vals
-  if ((threadIdx.x & 31) == 0) warp_vals[threadIdx.x >> 5] = v;
-  __syncthreads();
-  A r = warp_vals[0];
-  for (int w = 1; w < int(blockDim.x >> 5); ++w) r = op(r, warp_vals[w]);
-  return r;
-}
 
 // ---------------------------------------------------------------- forward
 
@@ -73,7 +50,7 @@ __global__ void softmax_block_kernel(const T* __restrict__ x, T* __restrict__ y,
       const C v = load(xl + j * xs);
       m = v > m ? v : m;
     }
-    m = block_reduce(m, MaxOp{});
+    m = block_reduce(m, ReduceMax{});
     if (m == neg_inf) {  // fully masked lane; m is the same in every thread, so the whole block takes this branch
       const T fill = store_cast<T>(log ? neg_inf : C(0));
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) yl[j * ys] = fill;
@@ -81,7 +58,7 @@ __global__ void softmax_block_kernel(const T* __restrict__ x, T* __restrict__ y,
     }
     C s = 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += dexp(load(xl + j * xs) - m);
-    s = block_reduce(s, SumOp{});
+    s = block_reduce(s, ReduceSum{});
     if (log) {
       // (x - m) - log(s), not x - (m + log(s)): with logits ~1e4 the sum would
       // round away log(s) in f32 (the CPU does the same).
@@ -145,7 +122,7 @@ __global__ void backward_block_kernel(const T* __restrict__ g, const T* __restri
     C acc = 0;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
       acc += Log ? load(gl + j * gs) : load(gl + j * gs) * load(yl + j * ys);
-    acc = block_reduce(acc, SumOp{});
+    acc = block_reduce(acc, ReduceSum{});
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const C gv = load(gl + j * gs), yv = load(yl + j * ys);
       dl[j * ds] = store_cast<T>(Log ? gv - dexp(yv) * acc : yv * (gv - acc));

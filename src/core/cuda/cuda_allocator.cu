@@ -13,6 +13,26 @@
 namespace strata {
 
 namespace {
+// Makes `index` the current device for a scope and restores the caller's on
+// exit: cudaSetDevice is sticky per thread, and the compute stream's kernels
+// must keep launching on the device selected by cuda::set_device.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int index) {
+    STRATA_CUDA_CHECK(cudaGetDevice(&prev_));
+    if (prev_ != index) STRATA_CUDA_CHECK(cudaSetDevice(index));
+    else prev_ = -1;
+  }
+  ~DeviceGuard() {
+    if (prev_ >= 0) (void)cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
 class CudaCachingAllocator final : public Allocator {
  public:
   explicit CudaCachingAllocator(int index) : index_(index) {}
@@ -27,7 +47,7 @@ class CudaCachingAllocator final : public Allocator {
       list.pop_back();
       ++stats_.num_cache_hits;
     } else {
-      STRATA_CUDA_CHECK(cudaSetDevice(index_));
+      DeviceGuard guard(index_);
       cudaError_t err = cudaMalloc(&p, cls);
       if (err != cudaSuccess) {  // release the cache and retry once before giving up
         (void)cudaGetLastError();
@@ -58,18 +78,29 @@ class CudaCachingAllocator final : public Allocator {
   }
   void empty_cache() override {
     std::lock_guard<std::mutex> lock(mu_);
+    DeviceGuard guard(index_);
     release_locked();
   }
   Device device() const override { return Device::cuda(index_); }
 
  private:
+  // Cached blocks were freed on the host while queued kernels may still use
+  // them (reuse is safe only in stream order): wait for the device before
+  // handing them back rather than rely on cudaFree's implicit synchronisation.
+  // Call with index_ current.
   void release_locked() {
+    if (free_.empty()) return;
+    STRATA_CUDA_CHECK(cudaDeviceSynchronize());
+    cudaError_t first = cudaSuccess;
     for (auto& kv : free_)
       for (void* q : kv.second) {
-        cudaFree(q);
+        const cudaError_t e = cudaFree(q);
+        if (first == cudaSuccess) first = e;
         stats_.bytes_reserved -= kv.first;
       }
     free_.clear();
+    STRATA_CHECK(first == cudaSuccess) << "CUDA allocator: cudaFree of a cached block failed: "
+                                       << cudaGetErrorString(first);
   }
   int index_;
   mutable std::mutex mu_;
