@@ -47,9 +47,12 @@ std::vector<std::vector<Hypothesis>> beam_search(model::TransformerModel& model,
   const int64_t B = src_ids.size(0), K = opt.beam, V = model.vocab_size();
   const size_t P = opt.prefix.size();
 
+  // The search itself runs on the host: the model's device gets the index
+  // tensors it needs, and each step's log-probabilities come back as one copy.
+  const Device dev = model.device();
   std::vector<Sentence> sents(static_cast<size_t>(B));
   {
-    Tensor src = src_ids.to(DType::I64).contiguous();
+    Tensor src = src_ids.to(Device::cpu()).to(DType::I64).contiguous();
     const int64_t S = src.size(1);
     for (int64_t b = 0; b < B; ++b) {
       int64_t len = 0;
@@ -65,7 +68,7 @@ std::vector<std::vector<Hypothesis>> beam_search(model::TransformerModel& model,
   std::vector<int64_t> rep;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t k = 0; k < K; ++k) rep.push_back(b);
-  Tensor rep_idx = Tensor::from_vector(rep, {B * K});
+  Tensor rep_idx = Tensor::from_vector(rep, {B * K}).to(dev);
   model::EncoderOutput enc{index_select(enc0.out, 0, rep_idx), index_select(enc0.pad, 0, rep_idx)};
   model::DecoderState state;
 
@@ -78,7 +81,7 @@ std::vector<std::vector<Hypothesis>> beam_search(model::TransformerModel& model,
     const int64_t rows = int64_t(active.size()) * K;
     Tensor inp = Tensor::from_vector(last, {rows, 1});
     Tensor logits = model.decode_step(inp, enc, state, ctx);
-    Tensor lp = log_softmax(reshape(logits, {rows, V}), -1).contiguous();
+    Tensor lp = log_softmax(reshape(logits, {rows, V}), -1).contiguous().to(Device::cpu());
     const float* L = lp.data<float>();
 
     std::vector<int64_t> next_rows;  // decoder row each new live beam continues from
@@ -160,7 +163,7 @@ std::vector<std::vector<Hypothesis>> beam_search(model::TransformerModel& model,
       still_active.push_back(active[a]);
     }
     if (still_active.empty()) break;
-    Tensor order = Tensor::from_vector(next_rows, {int64_t(next_rows.size())});
+    Tensor order = Tensor::from_vector(next_rows, {int64_t(next_rows.size())}).to(dev);
     state.reorder(order);
     enc.out = index_select(enc.out, 0, order);
     enc.pad = index_select(enc.pad, 0, order);

@@ -46,12 +46,12 @@ std::vector<std::vector<Hypothesis>> translate_batch(model::TransformerModel& mo
     std::vector<int64_t> rows;
     for (size_t i = 0; i < tgt_lang_ids.size(); ++i)
       if (tgt_lang_ids[i] == lang) rows.push_back(int64_t(i));
-    Tensor idx = Tensor::from_vector(rows, {int64_t(rows.size())});
     Tensor src = batch.src;
     if (int64_t(rows.size()) != batch.size()) {
+      const Tensor host = batch.src.to(Device::cpu());  // the rows are picked on the host
       std::vector<int64_t> flat;
       for (int64_t r : rows) {
-        std::vector<int64_t> row = batch.src.select(0, r).to_vector<int64_t>();
+        std::vector<int64_t> row = host.select(0, r).to_vector<int64_t>();
         flat.insert(flat.end(), row.begin(), row.end());
       }
       src = Tensor::from_vector(flat, {int64_t(rows.size()), batch.src.size(1)});

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "strata/autograd/ops.h"
+#include "strata/nn/autocast.h"
 
 namespace strata::model {
 
@@ -14,7 +15,14 @@ FfnFactory dense_ffn_factory(const config::ModelOptions& o) {
 }
 
 void DecoderState::reorder(const Tensor& order) {
-  for (auto& l : layers) l.reorder(order);
+  // One transfer for all layers when the caches live on another device.
+  Tensor idx = order;
+  for (auto& l : layers)
+    if (l.self_attn.defined() && l.self_attn.k.device() != idx.device()) {
+      idx = idx.to(l.self_attn.k.device());
+      break;
+    }
+  for (auto& l : layers) l.reorder(idx);
 }
 
 TransformerModel::TransformerModel(const config::ModelOptions& o, int64_t vocab_size, int64_t padding_idx,
@@ -41,6 +49,7 @@ TransformerModel::TransformerModel(const config::ModelOptions& o, int64_t vocab_
   register_module("decoder", &decoder_);
   int64_t max_pos = std::max(o.max_source_positions, o.max_target_positions);
   positions_ = nn::sinusoidal_table(max_pos + padding_idx + 1, o.embed_dim, padding_idx);
+  register_buffer("positions", positions_);
 }
 
 std::vector<nn::EncoderLayer*> TransformerModel::encoder_layers() {
@@ -55,18 +64,8 @@ std::vector<nn::DecoderLayer*> TransformerModel::decoder_layers() {
   return out;
 }
 
-Tensor TransformerModel::embed(const Tensor& ids, int64_t max_positions, int64_t start,
-                               const nn::ForwardContext& ctx) {
-  STRATA_CHECK(ids.dim() == 2) << "model: token ids must be [batch, time], got " << ids.str();
-  STRATA_CHECK(start + ids.size(1) <= max_positions)
-      << "model: sequence of " << start + ids.size(1) << " tokens exceeds the " << max_positions
-      << " positions the model was configured for";
-  Tensor x = embed_tokens_.forward(ids) * std::sqrt(double(opt_.embed_dim));
-  Tensor pos = embedding(positions_, nn::make_positions(ids, pad_, start), -1);
-  return nn::maybe_dropout(x + pos, opt_.dropout, ctx);
-}
-
 namespace {
+// 1 at padding positions, as f32 [B, T] (host).
 Tensor padding_mask(const Tensor& ids, int64_t pad) {
   Tensor c = ids.to(DType::I64).contiguous();
   Tensor m = Tensor::empty(c.shape(), DType::F32);
@@ -77,10 +76,37 @@ Tensor padding_mask(const Tensor& ids, int64_t pad) {
 }
 }  // namespace
 
+TransformerModel::Input TransformerModel::prepare(const Tensor& ids, int64_t max_positions, int64_t start,
+                                                  bool with_pad) const {
+  STRATA_CHECK(ids.dim() == 2) << "model: token ids must be [batch, time], got " << ids.str();
+  STRATA_CHECK(start + ids.size(1) <= max_positions)
+      << "model: sequence of " << start + ids.size(1) << " tokens exceeds the " << max_positions
+      << " positions the model was configured for";
+  // Positions and the padding mask are computed from a host copy of the ids
+  // (small) and sent to the model's device once, with the ids.
+  const Device dev = positions_.device();
+  const Tensor host = ids.device().is_cpu() ? ids : ids.to(Device::cpu());
+  Input in;
+  in.ids = ids.device() == dev ? ids : ids.to(dev);
+  in.positions = nn::make_positions(host, pad_, start).to(dev);
+  if (with_pad) in.pad = padding_mask(host, pad_).to(dev);
+  return in;
+}
+
+Tensor TransformerModel::embed(const Input& in, const nn::ForwardContext& ctx) {
+  Tensor x = embed_tokens_.forward(in.ids) * std::sqrt(double(opt_.embed_dim));
+  Tensor pos = nn::autocast(embedding(positions_, in.positions, -1));
+  return nn::maybe_dropout(x + pos, opt_.dropout, ctx);
+}
+
 EncoderOutput TransformerModel::encode(const Tensor& src_ids, const nn::ForwardContext& ctx) {
+  return encode(prepare(src_ids, opt_.max_source_positions, 0), ctx);
+}
+
+EncoderOutput TransformerModel::encode(const Input& src, const nn::ForwardContext& ctx) {
   EncoderOutput e;
-  e.pad = padding_mask(src_ids, pad_);
-  Tensor x = embed(src_ids, opt_.max_source_positions, 0, ctx);
+  e.pad = src.pad;
+  Tensor x = embed(src, ctx);
   for (auto* layer : encoder_layers()) x = layer->forward(x, e.pad, ctx);
   e.out = encoder_.layer_norm.forward(x);
   return e;
@@ -94,13 +120,27 @@ Tensor TransformerModel::decoder_body(const Tensor& x_in, const EncoderOutput& e
     x = layers[i]->forward(x, enc.out, enc.pad, tgt_pad, ctx, state ? &state->layers[i] : nullptr);
   x = decoder_.layer_norm.forward(x);
   const int64_t B = x.size(0), T = x.size(1), d = x.size(2);
-  Tensor logits = linear(reshape(x, {B * T, d}), embed_tokens_.weight(), Tensor());
+  Tensor logits = linear(reshape(x, {B * T, d}), nn::autocast(embed_tokens_.weight()), Tensor());
+  // The loss (and beam search) read f32 logits whatever the compute dtype.
+  if (nn::autocast_enabled()) logits = cast(logits, DType::F32);
   return reshape(logits, {B, T, vocab_});
 }
 
 Tensor TransformerModel::decode(const Tensor& prev_ids, const EncoderOutput& enc, const nn::ForwardContext& ctx) {
-  Tensor x = embed(prev_ids, opt_.max_target_positions, 0, ctx);
-  return decoder_body(x, enc, padding_mask(prev_ids, pad_), ctx, nullptr);
+  return decode(prepare(prev_ids, opt_.max_target_positions, 0), enc, ctx);
+}
+
+Tensor TransformerModel::decode(const Input& prev, const EncoderOutput& enc, const nn::ForwardContext& ctx) {
+  Tensor x = embed(prev, ctx);
+  return decoder_body(x, enc, prev.pad, ctx, nullptr);
+}
+
+Tensor TransformerModel::forward(const Tensor& src_ids, const Tensor& prev_ids, const nn::ForwardContext& ctx) {
+  // Both sides' inputs first: their host-to-device copies then wait for an
+  // idle GPU instead of for the encoder's queued kernels.
+  const Input src = prepare(src_ids, opt_.max_source_positions, 0);
+  const Input prev = prepare(prev_ids, opt_.max_target_positions, 0);
+  return decode(prev, encode(src, ctx), ctx);
 }
 
 Tensor TransformerModel::decode_step(const Tensor& last_ids, const EncoderOutput& enc, DecoderState& state,
@@ -108,7 +148,8 @@ Tensor TransformerModel::decode_step(const Tensor& last_ids, const EncoderOutput
   STRATA_CHECK(last_ids.dim() == 2 && last_ids.size(1) == 1)
       << "decode_step: expects one token per sentence [batch, 1], got " << last_ids.str();
   if (state.layers.empty()) state.layers.resize(decoder_.layers.size());
-  Tensor x = embed(last_ids, opt_.max_target_positions, state.steps, ctx);
+  // Incremental steps mask nothing: the cache holds only real earlier steps.
+  Tensor x = embed(prepare(last_ids, opt_.max_target_positions, state.steps, false), ctx);
   ++state.steps;
   return decoder_body(x, enc, Tensor(), ctx, &state);
 }

@@ -9,7 +9,12 @@
 #include "strata/backend/elementwise.h"
 #include "strata/core/dispatch.h"
 #include "strata/core/strided.h"
+#include "strata/nn/autocast.h"
 #include "strata/nn/transformer.h"
+
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/keyed_dropout.h"
+#endif
 
 namespace strata::moe {
 
@@ -60,10 +65,39 @@ Tensor expert_dropout_mask(int64_t V, int64_t R, int64_t F, DType dtype, double 
   return mask;
 }
 
+namespace {
+// The same mask drawn on the GPU: only the per-row keys (a few integers per
+// buffer row) cross the bus, not the [V, R, F] mask.
+Tensor expert_dropout_mask_on_gpu(const Tensor& x, double p, const ExpertRowKeys& keys,
+                                  const std::vector<PhiloxStream>& streams) {
+#ifdef STRATA_WITH_CUDA
+  const int64_t V = x.size(0), R = x.size(1);
+  STRATA_CHECK(int64_t(keys.global.size()) == V && int64_t(keys.row.size()) == V * R &&
+               int64_t(streams.size()) == V * R)
+      << "moe expert dropout: keys for " << keys.global.size() << " experts and " << keys.row.size()
+      << " rows do not fit a buffer of " << V << " x " << R << " rows";
+  std::vector<int64_t> seed(size_t(V * R)), offset(size_t(V * R));
+  for (size_t i = 0; i < streams.size(); ++i) {
+    seed[i] = int64_t(streams[i].seed);
+    offset[i] = int64_t(streams[i].offset);
+  }
+  auto up = [&](const std::vector<int64_t>& v) {
+    return Tensor::from_vector(v, {int64_t(v.size())}).to(x.device());
+  };
+  return backend::cuda::keyed_dropout_mask(V, R, x.size(2), x.dtype(), p, keys.experts, up(keys.row), up(keys.global),
+                                           up(seed), up(offset));
+#else
+  STRATA_FAIL() << "moe expert dropout: " << x.str() << " is on a GPU, but this build has no CUDA backend";
+  return Tensor();
+#endif
+}
+}  // namespace
+
 Tensor expert_dropout(const Tensor& x, double p, const ExpertRowKeys& keys, const std::vector<PhiloxStream>& streams) {
   STRATA_CHECK(x.dim() == 3) << "moe expert dropout: input must be [experts, rows, features], got " << x.str();
   if (p == 0.0) return x;
-  Tensor mask = expert_dropout_mask(x.size(0), x.size(1), x.size(2), x.dtype(), p, keys, streams).to(x.device());
+  Tensor mask = x.device().is_cuda() ? expert_dropout_mask_on_gpu(x, p, keys, streams)
+                                     : expert_dropout_mask(x.size(0), x.size(1), x.size(2), x.dtype(), p, keys, streams);
   Tensor y = backend::binary(backend::BinaryOp::Mul, x.detach(), mask);
   return autograd::record("moe_expert_dropout", y, {x}, [mask](const Tensor& g) -> std::vector<Tensor> {
     return {backend::binary(backend::BinaryOp::Mul, g, mask)};
@@ -75,13 +109,18 @@ Tensor experts_forward(const Tensor& x, const ExpertWeights& w, double activatio
   STRATA_CHECK(x.dim() == 3 && x.size(0) == w.count() && x.size(2) == w.fc1_weight.size(2))
       << "moe experts: input " << x.str() << " for " << w.count() << " experts of weight " << w.fc1_weight.str();
   const bool keyed = keys && ctx.training;
-  Tensor h = bmm(x, w.fc1_weight, false, true);  // [V, C, ffn]
-  h = relu(h + unsqueeze(w.fc1_bias, 1));
+  // Under autocast the expert GEMMs run in the compute dtype like every
+  // Linear (the f32 master weights are cast per forward; the gate and routing
+  // upstream stay f32); the block gets its input's dtype back.
+  const DType io = x.dtype();
+  Tensor h = bmm(nn::autocast(x), nn::autocast(w.fc1_weight), false, true);  // [V, C, ffn]
+  h = relu(h + unsqueeze(nn::autocast(w.fc1_bias), 1));
   if (keyed && activation_dropout > 0) h = expert_dropout(h, activation_dropout, *keys, keys->act);
   else if (!keyed) h = nn::maybe_dropout(h, activation_dropout, ctx);
-  Tensor y = bmm(h, w.fc2_weight, false, true) + unsqueeze(w.fc2_bias, 1);  // [V, C, dim]
-  if (keyed) return dropout > 0 ? expert_dropout(y, dropout, *keys, keys->out) : y;
-  return nn::maybe_dropout(y, dropout, ctx);
+  Tensor y = bmm(h, nn::autocast(w.fc2_weight), false, true) + unsqueeze(nn::autocast(w.fc2_bias), 1);  // [V, C, dim]
+  if (keyed) y = dropout > 0 ? expert_dropout(y, dropout, *keys, keys->out) : y;
+  else y = nn::maybe_dropout(y, dropout, ctx);
+  return cast(y, io);
 }
 
 namespace {
@@ -100,6 +139,9 @@ ExpertBank::ExpertBank(int64_t first_global, int64_t count, int64_t dim, int64_t
     Shape full = shapes[w];
     full.insert(full.begin(), count);
     storage_[w] = Tensor::zeros(full, DType::F32);
+    // A buffer, so Module::to moves it together with the parameters that
+    // view it (they stay views of one block and stacked() keeps its fast path).
+    register_buffer(std::string("stack.") + kNames[w], storage_[w]);
   }
   for (int64_t e = 0; e < count; ++e) {
     for (int w = 0; w < 4; ++w) {

@@ -1,16 +1,17 @@
 #include "strata/nn/attention.h"
 
 #include <cmath>
-#include <limits>
 
 #include "strata/autograd/ops.h"
+#include "strata/autograd/ops_attention.h"
 
 namespace strata::nn {
 
 void AttentionCache::reorder(const Tensor& order) {
   if (!defined()) return;
-  k = index_select(k, 0, order);
-  v = index_select(v, 0, order);
+  const Tensor idx = order.device() == k.device() ? order : order.to(k.device());
+  k = index_select(k, 0, idx);
+  v = index_select(v, 0, idx);
 }
 
 namespace {
@@ -68,33 +69,18 @@ Tensor MultiheadAttention::forward(const Tensor& query, const Tensor& kv, const 
   }
   const int64_t Tk = k.size(2);
 
-  Tensor scores = bmm(reshape(q, {B * heads_, Tq, head_dim_}), reshape(k, {B * heads_, Tk, head_dim_}), false, true);
-  scores = reshape(scores, {B, heads_, Tq, Tk});
-
-  // One mask [B, 1, Tq, Tk] for padding and causality (built without autograd).
+  // Scores, padding and causal masks, softmax, dropout and the weighted sum
+  // as one op: on the CPU exactly the composed sequence this layer used to
+  // spell out (q is pre-scaled, scale 1); on a GPU the fused kernels, which
+  // build the masks themselves (no [Tq, Tk] mask crosses from the host).
+  // Queries are the last Tq positions of the keys (incremental decoding), and
+  // a single new query sees every cached key.
   const bool use_causal = causal && !(cache && !static_kv && Tq == 1);
-  if (key_padding.defined() || use_causal) {
-    Tensor mask = Tensor::zeros({B, 1, Tq, Tk}, DType::F32);
-    float* m = mask.data<float>();
-    Tensor pad;
-    if (key_padding.defined()) {
-      STRATA_CHECK(key_padding.dim() == 2 && key_padding.size(0) == B && key_padding.size(1) == Tk)
-          << "attention: key padding mask must be [" << B << ", " << Tk << "], got " << key_padding.str();
-      pad = key_padding.to(DType::F32).contiguous();
-    }
-    const int64_t offset = Tk - Tq;  // queries are the last Tq positions (incremental decoding)
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < Tq; ++i)
-        for (int64_t j = 0; j < Tk; ++j) {
-          bool masked = (pad.defined() && pad.data<float>()[b * Tk + j] != 0) || (use_causal && j > i + offset);
-          m[(b * Tq + i) * Tk + j] = masked ? 1.f : 0.f;
-        }
-    scores = masked_fill(scores, mask, -std::numeric_limits<double>::infinity());
-  }
-  Tensor probs = softmax(scores, -1);
-  if (ctx.training && attention_dropout_ > 0) probs = dropout(probs, attention_dropout_, ctx.next_stream(), true);
-  Tensor out = bmm(reshape(probs, {B * heads_, Tq, Tk}), reshape(v, {B * heads_, Tk, head_dim_}));
-  out = reshape(permute(reshape(out, {B, heads_, Tq, head_dim_}), {0, 2, 1, 3}), {B, Tq, dim_});
+  const bool drop = ctx.training && attention_dropout_ > 0;
+  const PhiloxStream stream = drop ? ctx.next_stream() : PhiloxStream{};
+  Tensor out = scaled_dot_product_attention(q, k, v, key_padding, use_causal, Tk - Tq, drop ? attention_dropout_ : 0.0,
+                                            stream, drop, 1.0);  // [B, H, Tq, dh]
+  out = reshape(permute(out, {0, 2, 1, 3}), {B, Tq, dim_});
   return out_proj_.forward(out);
 }
 

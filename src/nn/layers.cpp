@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "strata/autograd/ops.h"
+#include "strata/nn/autocast.h"
 
 namespace strata::nn {
 
@@ -16,14 +17,26 @@ Linear::Linear(int64_t in, int64_t out, bool bias, InitSpec weight_init, InitSpe
   if (bias) bias_ = register_parameter("bias", {out}, bias_init);
 }
 
-Tensor Linear::forward(const Tensor& x) const { return linear(x, weight_, bias_); }
+Tensor Linear::forward(const Tensor& x) const {
+  if (!autocast_enabled()) return linear(x, weight_, bias_);
+  // 16-bit GEMM on casts of the f32 master weights (their gradients come back in f32).
+  return linear(autocast(x), autocast(weight_), autocast(bias_));
+}
+
+Tensor Linear::forward_relu(const Tensor& x) const {
+  if (!autocast_enabled()) return linear_relu(x, weight_, bias_);
+  return linear_relu(autocast(x), autocast(weight_), autocast(bias_));
+}
 
 LayerNorm::LayerNorm(int64_t dim, double eps) : eps_(eps) {
   weight_ = register_parameter("weight", {dim}, InitSpec{InitSpec::Ones});
   bias_ = register_parameter("bias", {dim}, InitSpec{InitSpec::Zeros});
 }
 
-Tensor LayerNorm::forward(const Tensor& x) const { return layer_norm(x, weight_, bias_, eps_); }
+Tensor LayerNorm::forward(const Tensor& x) const {
+  if (!autocast_enabled()) return layer_norm(x, weight_, bias_, eps_);
+  return layer_norm(autocast(x), autocast(weight_), autocast(bias_), eps_);
+}
 
 Embedding::Embedding(int64_t num_embeddings, int64_t dim, int64_t padding_idx) : dim_(dim), padding_idx_(padding_idx) {
   STRATA_CHECK(padding_idx < num_embeddings)
@@ -32,7 +45,9 @@ Embedding::Embedding(int64_t num_embeddings, int64_t dim, int64_t padding_idx) :
                                InitSpec{InitSpec::Normal, 1.0 / std::sqrt(double(dim)), padding_idx});
 }
 
-Tensor Embedding::forward(const Tensor& ids) const { return embedding(weight_, ids, padding_idx_); }
+// The lookup reads the f32 table; only the [..., dim] rows are cast (cheaper
+// than casting the whole table), and the table's gradient stays f32.
+Tensor Embedding::forward(const Tensor& ids) const { return autocast(embedding(weight_, ids, padding_idx_)); }
 
 Tensor sinusoidal_table(int64_t num_positions, int64_t dim, int64_t padding_idx) {
   STRATA_CHECK(dim % 2 == 0 && dim >= 4) << "sinusoidal positions need an even dimension >= 4, got " << dim;

@@ -22,6 +22,23 @@ Tensor Module::register_parameter(const std::string& name, const Shape& shape, I
 
 void Module::register_module(const std::string& name, Module* child) { children_.emplace_back(name, child); }
 
+void Module::register_buffer(const std::string& name, const Tensor& t) {
+  STRATA_CHECK(t.defined()) << "register_buffer: '" << name << "' is undefined";
+  for (const auto& b : buffers_) STRATA_CHECK(b.first != name) << "register_buffer: duplicate name '" << name << "'";
+  buffers_.emplace_back(name, t);
+}
+
+void Module::collect_buffers(const std::string& prefix, NamedTensors& out) const {
+  for (const auto& [name, t] : buffers_) out.emplace_back(prefix + name, t);
+  for (const auto& [name, child] : children_) child->collect_buffers(name.empty() ? prefix : prefix + name + ".", out);
+}
+
+NamedTensors Module::named_buffers() const {
+  NamedTensors out;
+  collect_buffers("", out);
+  return out;
+}
+
 void Module::collect(const std::string& prefix, std::vector<std::pair<std::string, const Param*>>& out) const {
   for (const Param& p : params_) out.emplace_back(prefix + p.name, &p);
   for (const auto& [name, child] : children_) child->collect(name.empty() ? prefix : prefix + name + ".", out);
@@ -84,7 +101,18 @@ void init_tensor(const Tensor& t, const InitSpec& spec, const PhiloxStream& stre
 void Module::init_parameters(uint64_t seed) {
   std::vector<std::pair<std::string, const Param*>> all;
   collect("", all);
-  for (auto& [name, p] : all) init_tensor(p->value, p->init, PhiloxStream{seed, fnv1a(name)});
+  for (auto& [name, p] : all) {
+    const PhiloxStream stream{seed, fnv1a(name)};
+    if (p->value.device().is_cpu()) {
+      init_tensor(p->value, p->init, stream);
+      continue;
+    }
+    // Drawn on the host (the same numbers as a CPU model), then copied over.
+    Tensor host = Tensor::zeros(p->value.shape(), p->value.dtype());
+    init_tensor(host, p->init, stream);
+    NoGradGuard ng;
+    p->value.copy_(host);
+  }
 }
 
 void Module::load_parameters(const NamedTensors& values, const std::string& source) {
@@ -102,6 +130,56 @@ void Module::load_parameters(const NamedTensors& values, const std::string& sour
 
 void Module::zero_grad() {
   for (auto& [n, t] : named_parameters()) t.zero_grad();
+}
+
+namespace {
+// A copy on `device` of the whole block `s` (read as `dtype` elements), so
+// every view into the block keeps its offset and strides over the copy.
+std::shared_ptr<Storage> moved_storage(const std::shared_ptr<Storage>& s, DType dtype, Device device) {
+  const size_t es = dtype_size(dtype);
+  STRATA_CHECK(s->nbytes() % es == 0) << "Module::to: a storage of " << s->nbytes() << " bytes does not hold whole "
+                                      << dtype_name(dtype) << " elements";
+  auto whole = std::make_shared<TensorImpl>();
+  whole->storage = s;
+  whole->shape = {int64_t(s->nbytes() / es)};
+  whole->strides = {1};
+  whole->dtype = dtype;
+  return Tensor(whole).to(device).impl().storage;
+}
+}  // namespace
+
+void Module::to(Device device) {
+  NoGradGuard ng;
+  std::vector<TensorImpl*> impls;
+  std::vector<std::pair<std::string, const Param*>> params;
+  collect("", params);
+  for (auto& [name, p] : params) {
+    impls.push_back(&p->value.impl());
+    if (p->value.impl().grad) impls.push_back(p->value.impl().grad.get());
+  }
+  NamedTensors buffers;
+  collect_buffers("", buffers);
+  for (auto& [name, b] : buffers) impls.push_back(&b.impl());
+  // One copy per source storage: parameters that are views of one stacked
+  // block (the experts' weights) stay views of one block on the device. The
+  // old storages are held until the end so no address is reused as a key.
+  std::unordered_map<const Storage*, std::pair<std::shared_ptr<Storage>, std::shared_ptr<Storage>>> moved;
+  for (TensorImpl* t : impls) {
+    if (t->storage->device() == device) continue;
+    auto it = moved.find(t->storage.get());
+    if (it == moved.end())
+      it = moved.emplace(t->storage.get(), std::make_pair(t->storage, moved_storage(t->storage, t->dtype, device))).first;
+    t->storage = it->second.second;
+  }
+}
+
+Device Module::device() const {
+  std::vector<std::pair<std::string, const Param*>> params;
+  collect("", params);
+  if (!params.empty()) return params.front().second->value.device();
+  NamedTensors buffers;
+  collect_buffers("", buffers);
+  return buffers.empty() ? Device::cpu() : buffers.front().second.device();
 }
 
 }  // namespace strata::nn

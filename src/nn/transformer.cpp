@@ -1,12 +1,21 @@
 #include "strata/nn/transformer.h"
 
 #include "strata/autograd/ops.h"
+#include "strata/nn/autocast.h"
 
 namespace strata::nn {
 
 Tensor maybe_dropout(const Tensor& x, double p, const ForwardContext& ctx) {
   if (!ctx.training || p <= 0) return x;
   return dropout(x, p, ctx.next_stream(), true);
+}
+
+Tensor run_ffn_block(FeedForwardBlock& ffn, const Tensor& x, const Tensor& pad, const ForwardContext& ctx) {
+  if (!ffn.is_moe() || !autocast_enabled()) return ffn.forward(x, pad, ctx);
+  // Routing must not see 16-bit rounding (ties between experts, capacity
+  // drops, the balance loss): the MoE block gets the stream in f32, its gate
+  // and softmax stay f32, and its output rejoins the 16-bit stream.
+  return cast(ffn.forward(cast(x, DType::F32), pad, ctx), x.dtype());
 }
 
 DenseFeedForward::DenseFeedForward(int64_t dim, int64_t ffn_dim, double dropout, double activation_dropout,
@@ -19,7 +28,7 @@ DenseFeedForward::DenseFeedForward(int64_t dim, int64_t ffn_dim, double dropout,
 }
 
 Tensor DenseFeedForward::forward(const Tensor& x, const Tensor& pad, const ForwardContext& ctx) {
-  Tensor h = relu(fc1_.forward(final_layer_norm_.forward(x)));
+  Tensor h = fc1_.forward_relu(final_layer_norm_.forward(x));
   h = maybe_dropout(h, activation_dropout_, ctx);
   h = maybe_dropout(fc2_.forward(h), dropout_, ctx);
   return x + h;
@@ -39,7 +48,7 @@ Tensor EncoderLayer::forward(const Tensor& x, const Tensor& pad, const ForwardCo
   Tensor h = self_attn_layer_norm_.forward(x);
   h = self_attn_.forward(h, h, pad, false, ctx);
   Tensor y = x + maybe_dropout(h, dropout_, ctx);
-  return ffn_->forward(y, pad, ctx);
+  return run_ffn_block(*ffn_, y, pad, ctx);
 }
 
 DecoderLayer::DecoderLayer(const LayerOptions& o, std::unique_ptr<FeedForwardBlock> ffn)
@@ -64,7 +73,7 @@ Tensor DecoderLayer::forward(const Tensor& x, const Tensor& enc, const Tensor& e
   h = encoder_attn_layer_norm_.forward(y);
   h = encoder_attn_.forward(h, enc, enc_pad, false, ctx, cache ? &cache->encoder_attn : nullptr, true);
   y = y + maybe_dropout(h, dropout_, ctx);
-  return ffn_->forward(y, tgt_pad, ctx);
+  return run_ffn_block(*ffn_, y, tgt_pad, ctx);
 }
 
 }  // namespace strata::nn

@@ -150,7 +150,11 @@ void CheckpointWriter::write_text(const std::string& file, const std::string& te
 
 void CheckpointWriter::write_safetensors(const std::string& file, const NamedTensors& tensors,
                                          const Metadata& metadata) {
-  save_safetensors(path(file), tensors, metadata);
+  // Tensors on a GPU (a model trained there) are written from host copies.
+  NamedTensors host;
+  host.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) host.emplace_back(name, t.defined() ? t.to(Device::cpu()) : t);
+  save_safetensors(path(file), host, metadata);
 }
 
 void CheckpointWriter::link_file(const std::string& file, const std::string& src) {

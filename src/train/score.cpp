@@ -30,8 +30,8 @@ SmoothingForm smoothing_form(config::SmoothingForm f) {
 // -log softmax(logits)[target] per token, in double; 0 where target == pad.
 // Per-token values let the reference see changes that the batch sum averages away.
 Tensor per_token_nll(const Tensor& logits_in, const Tensor& target_in, int64_t pad) {
-  Tensor logits = logits_in.to(DType::F64).contiguous();
-  Tensor target = target_in.to(DType::I64).contiguous();
+  Tensor logits = logits_in.to(Device::cpu()).to(DType::F64).contiguous();
+  Tensor target = target_in.to(Device::cpu()).to(DType::I64).contiguous();
   const int64_t V = logits.size(-1), N = target.numel();
   Tensor out = Tensor::zeros(target.shape(), DType::F64);
   const double* x = logits.data<double>();
@@ -66,7 +66,9 @@ LossSums score_batch(model::TransformerModel& model, const data::Batch& b, const
   nn::ForwardContext ctx;  // training = false: every dropout is the identity
   Tensor logits = model.forward(b.src, b.prev, ctx);
   const int64_t N = b.target.numel(), V = model.vocab_size();
-  CrossEntropyResult ce = label_smoothed_cross_entropy(reshape(logits, {N, V}), b.target.reshape({N}),
+  // The model takes host ids; the loss needs the target where the logits are.
+  const Tensor target = b.target.to(logits.device());
+  CrossEntropyResult ce = label_smoothed_cross_entropy(reshape(logits, {N, V}), target.reshape({N}),
                                                        cfg.train.label_smoothing, model.padding_idx(),
                                                        smoothing_form(cfg.train.label_smoothing_form));
   LossSums s;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <ostream>
 #include <sstream>
 #include <set>
@@ -26,11 +27,17 @@
 #include "strata/eval/chrf.h"
 #include "strata/model/build.h"
 #include "strata/moe/aux_losses.h"
+#include "strata/nn/autocast.h"
 #include "strata/train/checkpoint.h"
 #include "strata/train/grad_clip.h"
 #include "strata/train/metrics.h"
 #include "strata/train/safetensors.h"
 #include "strata/train/task.h"
+
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/context.h"
+#include "strata/dist/nccl_communicator.h"
+#endif
 
 namespace strata::train {
 
@@ -86,6 +93,69 @@ dist::NamedTensors only_names(const dist::NamedTensors& all, const dist::NamedTe
     if (keep.count(kv.first)) out.push_back(kv);
   return out;
 }
+// The collectives of W > 1 GPU ranks: one communicator over the same ranks
+// as a host one (MPI) and a device one (NCCL). Each collective goes to the
+// one that moves its buffer's memory (gradients and expert rows over NCCL,
+// host tensors such as the MoE row keys over MPI); the scalar agreements
+// (counts, flags) stay on the host one. Every rank makes the same calls in
+// the same order, so each underlying communicator sees one identical
+// sequence, and each call completes before the next one starts.
+class RoutedCommunicator final : public dist::Communicator {
+ public:
+  RoutedCommunicator(dist::Communicator& host, dist::Communicator& device) : host_(&host), device_(&device) { check(); }
+  RoutedCommunicator(std::unique_ptr<dist::Communicator> host, std::unique_ptr<dist::Communicator> device)
+      : host_(host.get()), device_(device.get()), own_host_(std::move(host)), own_device_(std::move(device)) {
+    check();
+  }
+  int rank() const override { return host_->rank(); }
+  int size() const override { return host_->size(); }
+  std::string name() const override { return host_->name() + " + " + device_->name(); }
+  void all_reduce(const Tensor& t, dist::ReduceOp op) override { pick(t).all_reduce(t, op); }
+  double all_reduce_scalar(double v, dist::ReduceOp op) override { return host_->all_reduce_scalar(v, op); }
+  int64_t all_reduce_int(int64_t v, dist::ReduceOp op) override { return host_->all_reduce_int(v, op); }
+  void all_to_all(const Tensor& send, const Tensor& recv) override { pick(send).all_to_all(send, recv); }
+  void all_gather(const Tensor& send, const Tensor& recv) override { pick(send).all_gather(send, recv); }
+  void broadcast(const Tensor& t, int root) override { pick(t).broadcast(t, root); }
+  void barrier() override { host_->barrier(); }
+  // Both halves split the same way (same color and key on each rank).
+  std::unique_ptr<dist::Communicator> split(int color, int key) override {
+    std::unique_ptr<dist::Communicator> h = host_->split(color, key);
+    std::unique_ptr<dist::Communicator> d = device_->split(color, key);
+    return std::make_unique<RoutedCommunicator>(std::move(h), std::move(d));
+  }
+
+ private:
+  void check() const {
+    STRATA_CHECK(host_->size() == device_->size() && host_->rank() == device_->rank())
+        << "communicators '" << host_->name() << "' (rank " << host_->rank() << " of " << host_->size() << ") and '"
+        << device_->name() << "' (rank " << device_->rank() << " of " << device_->size()
+        << ") do not span the same ranks";
+  }
+  dist::Communicator& pick(const Tensor& t) { return t.defined() && t.device().is_cuda() ? *device_ : *host_; }
+  dist::Communicator* host_;
+  dist::Communicator* device_;
+  std::unique_ptr<dist::Communicator> own_host_, own_device_;
+};
+
+// Host copies (the tensors themselves when they are on the CPU already).
+dist::NamedTensors to_host(const dist::NamedTensors& entries) {
+  dist::NamedTensors out;
+  out.reserve(entries.size());
+  for (const auto& [name, t] : entries) out.emplace_back(name, t.to(Device::cpu()));
+  return out;
+}
+
+std::string device_description(Device d) {
+#ifdef STRATA_WITH_CUDA
+  if (d.is_cuda()) {
+    cudaDeviceProp prop{};
+    STRATA_CUDA_CHECK(cudaGetDeviceProperties(&prop, d.index));
+    return d.str() + " (" + prop.name + ")";
+  }
+#endif
+  return d.str();
+}
+
 constexpr double kLn2 = 0.69314718055994530942;
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -95,7 +165,7 @@ SmoothingForm smoothing_form(config::SmoothingForm f) {
 }
 
 // world_size is informational: a checkpoint resumes on any number of ranks.
-std::string state_to_yaml(const TrainerState& s, int world_size) {
+std::string state_to_yaml(const TrainerState& s, int world_size, const DynamicLossScaler* scaler) {
   YAML::Emitter e;
   e.SetDoublePrecision(17);
   e << YAML::BeginMap;
@@ -108,11 +178,17 @@ std::string state_to_yaml(const TrainerState& s, int world_size) {
   e << YAML::Key << "stalls" << YAML::Value << s.stalls;
   e << YAML::Key << "train_seconds" << YAML::Value << s.train_seconds;
   e << YAML::Key << "world_size" << YAML::Value << world_size;
+  if (scaler) {  // fp16: the dynamic loss scale resumes where it was
+    e << YAML::Key << "loss_scale" << YAML::Value << scaler->scale();
+    e << YAML::Key << "loss_scale_good_steps" << YAML::Value << scaler->good_steps();
+    e << YAML::Key << "loss_scale_skipped" << YAML::Value << scaler->skipped();
+  }
   e << YAML::EndMap;
   return std::string(e.c_str()) + "\n";
 }
 
-TrainerState state_from_yaml(const std::string& path, int* world_size = nullptr) {
+TrainerState state_from_yaml(const std::string& path, int* world_size = nullptr,
+                             DynamicLossScaler* scaler = nullptr) {
   TrainerState s;
   try {
     YAML::Node n = YAML::LoadFile(path);
@@ -125,6 +201,10 @@ TrainerState state_from_yaml(const std::string& path, int* world_size = nullptr)
     s.stalls = n["stalls"].as<int64_t>();
     s.train_seconds = n["train_seconds"].as<double>();
     if (world_size) *world_size = n["world_size"] ? n["world_size"].as<int>() : 1;
+    // A checkpoint written without fp16 has no scale: the scaler keeps its initial one.
+    if (scaler && n["loss_scale"])
+      scaler->set_state(n["loss_scale"].as<double>(), n["loss_scale_good_steps"].as<int>(),
+                        n["loss_scale_skipped"].as<int64_t>());
   } catch (const YAML::Exception& e) {
     STRATA_FAIL() << path << ": unreadable trainer state (" << e.what() << ")";
   }
@@ -191,6 +271,50 @@ std::vector<int64_t> rank_slots(int rank, int world, int update_freq) {
   return out;
 }
 
+Device select_device(const config::TrainOptions& t, int local_rank) {
+#ifdef STRATA_WITH_CUDA
+  constexpr bool cuda_build = true;
+  const int count = t.device == config::DeviceChoice::Cpu ? 0 : cuda::device_count();
+#else
+  constexpr bool cuda_build = false;
+  const int count = 0;
+#endif
+  bool use_cuda = false;
+  switch (t.device) {
+    case config::DeviceChoice::Cpu: break;
+    case config::DeviceChoice::Cuda:
+      STRATA_CHECK(cuda_build) << "config: device 'cuda' needs a build with CUDA (this one has none: rebuild with "
+                                  "CUDA=1, or set device: cpu)";
+      STRATA_CHECK(count > 0) << "config: device 'cuda' but no GPU is visible (check the driver and "
+                                 "CUDA_VISIBLE_DEVICES, or set device: cpu)";
+      use_cuda = true;
+      break;
+    case config::DeviceChoice::Auto: use_cuda = count > 0; break;
+  }
+  if (!use_cuda) {
+    STRATA_CHECK(t.precision == config::Precision::Fp32)
+        << "config: precision '" << config::to_string(t.precision) << "' needs a GPU, but device '"
+        << config::to_string(t.device) << "' runs on the CPU here (the CPU trains in fp32)";
+    return Device::cpu();
+  }
+#ifdef STRATA_WITH_CUDA
+  // One process per GPU: the ranks of a node take its GPUs in turn.
+  const int index = std::max(local_rank, 0) % count;
+  cuda::set_device(index);
+  return Device::cuda(index);
+#else
+  return Device::cpu();
+#endif
+}
+
+DType compute_dtype(config::Precision p) {
+  switch (p) {
+    case config::Precision::Bf16: return DType::BF16;
+    case config::Precision::Fp16: return DType::F16;
+    default: return DType::F32;
+  }
+}
+
 TestHooks TestHooks::from_env() {
   TestHooks h;
   h.fail_rank = int(env_int("STRATA_TEST_FAIL_RANK", -1));
@@ -208,6 +332,9 @@ Trainer::Trainer(config::Config cfg, std::ostream& log, dist::Communicator* comm
 Trainer::~Trainer() = default;
 
 void Trainer::setup() {
+  const dist::Environment* env = dist::Environment::current();
+  device_ = select_device(cfg_.train, env ? env->info().local_rank : 0);
+  compute_dtype_ = compute_dtype(cfg_.train.precision);
   vocab_ = load_vocabulary(cfg_.data);
   int64_t V = vocab_->size();
   STRATA_CHECK(cfg_.model.vocab_size == 0 || cfg_.model.vocab_size == V)
@@ -218,6 +345,15 @@ void Trainer::setup() {
   if (cfg_.train.validate_interval_updates > 0)
     valid_ = std::make_unique<data::TranslationBatches>(open_directions(cfg_, *vocab_, cfg_.data.valid_subset), bo);
   const int W = comm_->size();
+#ifdef STRATA_WITH_CUDA
+  if (device_.is_cuda() && W > 1) {
+    // NCCL for device buffers, joined over comm_ (collective); comm_ keeps
+    // the host-side agreement.
+    nccl_ = dist::NcclCommunicator::create(*comm_);
+    collectives_ = std::make_unique<RoutedCommunicator>(*comm_, *nccl_);
+  }
+#endif
+  dist::Communicator& coll = collectives_ ? *collectives_ : *comm_;
   if (cfg_.moe.expert_parallel && W > 1) {
     const int E = cfg_.moe.experts;
     STRATA_CHECK(E >= 1 && (E % W == 0 || W % E == 0))
@@ -228,12 +364,15 @@ void Trainer::setup() {
     // fairseq's layout (dist/groups.h): E >= W, one all-to-all group of all
     // ranks, E/W experts each; E < W, W/E groups of E consecutive ranks, one
     // expert each, every expert replicated over {e, e+E, ...}.
-    groups_ = std::make_unique<dist::ExpertGroups>(dist::make_expert_groups(*comm_, E));
+    groups_ = std::make_unique<dist::ExpertGroups>(dist::make_expert_groups(coll, E));
     model_ = model::build_model(cfg_, V, vocab_->pad(), groups_->expert.get());
   } else {
     model_ = model::build_model(cfg_, V, vocab_->pad());
   }
+  // Drawn on the host (the same values on every device), then moved; Adam
+  // comes after the move so its state lives where the parameters do.
   model_->init_parameters(uint64_t(cfg_.train.seed));
+  model_->to(device_);
   AdamOptions ao;
   ao.beta1 = cfg_.train.adam_beta1;
   ao.beta2 = cfg_.train.adam_beta2;
@@ -245,7 +384,11 @@ void Trainer::setup() {
   lo.warmup_updates = cfg_.train.warmup_updates;
   lo.warmup_init_lr = cfg_.train.warmup_init_lr;
   schedule_ = std::make_unique<LrSchedule>(lo);
+  if (cfg_.train.precision == config::Precision::Fp16)
+    scaler_ = std::make_unique<DynamicLossScaler>(cfg_.train.loss_scale_init, 2.0, 0.5, cfg_.train.loss_scale_window);
 
+  log_ << "device " << device_description(device_) << ", precision " << config::to_string(cfg_.train.precision)
+       << "\n";
   log_ << "model: " << model::summarize(cfg_, V).str() << "\n";
   log_ << "vocabulary: " << V << " symbols\n";
   for (size_t d = 0; d < train_->directions().size(); ++d) {
@@ -313,15 +456,21 @@ UpdateStats Trainer::train_update() {
   UpdateStats st;
   const int64_t V = model_->vocab_size();
   const int64_t update = state_.update;
+  if (scaler_) st.loss_scale = scaler_->scale();
   for (auto& [slot, refs] : window_batches()) {
     Generator gen(batch_stream_seed(uint64_t(cfg_.train.seed), update, slot));
     nn::AuxLosses aux;
     nn::ForwardContext ctx{true, &gen, cfg_.moe.enabled() ? &aux : nullptr};
+    // The batch is made on the host; the model moves the ids to its device
+    // (with their positions and masks), the target goes where the logits are.
     data::Batch b = train_->make_batch(refs);
+    const Tensor target = b.target.to(device_);
+    // Forward and backward in the compute dtype (f32: the plain ops).
+    nn::AutocastGuard amp(compute_dtype_);
     Tensor logits = model_->forward(b.src, b.prev, ctx);
-    const int64_t N = b.target.numel();
+    const int64_t N = target.numel();
     CrossEntropyResult ce =
-        label_smoothed_cross_entropy(reshape(logits, {N, V}), b.target.reshape({N}), cfg_.train.label_smoothing,
+        label_smoothed_cross_entropy(reshape(logits, {N, V}), target.reshape({N}), cfg_.train.label_smoothing,
                                      vocab_->pad(), smoothing_form(cfg_.train.label_smoothing_form));
     Tensor loss = ce.loss;
     if (cfg_.moe.enabled()) {
@@ -331,12 +480,18 @@ UpdateStats Trainer::train_update() {
       st.aux_loss_sum += extra.item();
       st.gate_loss += moe::aux_loss_parts(aux, cfg_.moe).gate_loss;
     }
-    loss.backward();
+    // fp16: the scaled loss keeps small gradients representable; the scale is
+    // divided out with the token normalisation below.
+    if (scaler_)
+      (loss * scaler_->scale()).backward();
+    else
+      loss.backward();
     st.loss_sum += ce.loss.item();
     st.nll_sum += ce.nll.item();
     st.tokens += ce.tokens;
     ++st.batches;
   }
+  dist::Communicator& coll = collectives_ ? *collectives_ : *comm_;
   if (comm_->size() > 1) {
     // Global sums: the loss for logging, the token count for the normalisation.
     Tensor s = Tensor::from_vector(std::vector<double>{st.loss_sum, st.nll_sum, double(st.tokens), st.aux_loss_sum,
@@ -357,16 +512,36 @@ UpdateStats Trainer::train_update() {
     // their own all-to-all groups: summed over the replicas they hold every
     // token, scaled below by the global count like the shared weights.
     if (expert_parallel(cfg_, *comm_)) {
-      dist::all_reduce_gradients(*comm_, model_->named_parameters(), is_shared_param);
+      dist::all_reduce_gradients(coll, model_->named_parameters(), is_shared_param);
       if (groups_->placement.replicas > 1)
         dist::all_reduce_gradients(*groups_->replica, model_->named_parameters(), is_expert_param);
     } else
-      dist::all_reduce_gradients(*comm_, model_->named_parameters());
+      dist::all_reduce_gradients(coll, model_->named_parameters());
   }
   if (st.batches > 0) st.gate_loss /= double(st.batches);
-  // fairseq normalises the summed gradients by the number of target tokens
   std::vector<Tensor> params = model_->parameters();
-  scale_grads(params, 1.0 / double(std::max<int64_t>(st.tokens, 1)));
+  if (scaler_) {
+    // fp16: a gradient that overflowed (on any rank) skips the step; every
+    // rank sees the same answer, so the replicas stay equal.
+    std::vector<Tensor> grads;
+    for (const Tensor& p : params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    const bool finite = all_finite(grads, comm_);
+    if (!scaler_->update(!finite)) {
+      adam_->zero_grad();
+      ++state_.update;
+      st.skipped = true;
+      st.grad_norm = std::numeric_limits<double>::infinity();
+      log_ << "fp16: overflow at update " << state_.update << ", loss scale now " << scaler_->scale() << " ("
+           << scaler_->skipped() << " skipped)" << std::endl;
+      if (on_update) on_update(state_.update, st);
+      return st;
+    }
+  }
+  // fairseq normalises the summed gradients by the number of target tokens;
+  // fp16 divides the loss scale out in the same pass, before clipping.
+  const double loss_scale = scaler_ ? st.loss_scale : 1.0;
+  scale_grads(params, 1.0 / (double(std::max<int64_t>(st.tokens, 1)) * loss_scale));
   std::function<double(double)> global_norm_sq;
   if (expert_parallel(cfg_, *comm_)) {
     // Global norm: shared_sq (the same on every rank) + the sum over one
@@ -396,6 +571,7 @@ ValidationResult Trainer::validate() {
   ValidationResult r;
   if (!valid_) return r;
   NoGradGuard ng;
+  nn::AutocastGuard amp(compute_dtype_);  // loss and decoding in the training precision
   nn::AuxLosses aux;  // MoE: routing statistics by direction
   aux.collect_stats = true;
   nn::ForwardContext ctx{false, nullptr, cfg_.moe.enabled() ? &aux : nullptr};  // evaluation: no dropout
@@ -415,8 +591,9 @@ ValidationResult Trainer::validate() {
       aux.clear_losses();
       aux.sentence_lang.assign(b.direction.begin(), b.direction.end());
       Tensor logits = model_->forward(b.src, b.prev, ctx);
-      const int64_t N = b.target.numel();
-      CrossEntropyResult ce = label_smoothed_cross_entropy(reshape(logits, {N, V}), b.target.reshape({N}),
+      const Tensor target = b.target.to(device_);
+      const int64_t N = target.numel();
+      CrossEntropyResult ce = label_smoothed_cross_entropy(reshape(logits, {N, V}), target.reshape({N}),
                                                            cfg_.train.label_smoothing, vocab_->pad(),
                                                            smoothing_form(cfg_.train.label_smoothing_form));
       sums[3 * d] += ce.loss.item();
@@ -542,16 +719,21 @@ bool Trainer::better(double metric) const {
   return cfg_.train.maximize_best_metric() ? metric > state_.best_metric : metric < state_.best_metric;
 }
 
+nn::NamedTensors Trainer::host_parameters() const {
+  return device_.is_cpu() ? model_->named_parameters() : to_host(model_->named_parameters());
+}
+
 // Shared weights agree over the world; under expert parallelism experts
 // differ between the ranks of an all-to-all group but agree with their copies
 // in the replica group.
 void Trainer::check_replicas(const std::string& when) {
+  if (comm_->size() == 1) return;  // nothing to compare (and no host copy to make)
   const bool ep = expert_parallel(cfg_, *comm_);
-  dist::check_replicas_agree(*comm_, model_->named_parameters(), when,
-                             ep ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
+  // The hashes read the values on the host; host tensors travel over MPI.
+  const dist::NamedTensors params = host_parameters();
+  dist::check_replicas_agree(*comm_, params, when, ep ? dist::ParamFilter(is_shared_param) : dist::ParamFilter());
   if (ep && groups_->placement.replicas > 1)
-    dist::check_replicas_agree(*groups_->replica, model_->named_parameters(), when + " (expert replicas)",
-                               is_expert_param);
+    dist::check_replicas_agree(*groups_->replica, params, when + " (expert replicas)", is_expert_param);
 }
 
 void Trainer::save_checkpoint(const ValidationResult* valid) {
@@ -559,7 +741,9 @@ void Trainer::save_checkpoint(const ValidationResult* valid) {
   // Experts differ between the ranks under expert parallelism: only the shared
   // weights are replicas.
   check_replicas("at update " + std::to_string(state_.update));
-  dist::NamedTensors model_entries = model_->named_parameters(), optimizer_entries = adam_->state_dict();
+  // Written (and gathered) from host copies when the model is on a GPU.
+  dist::NamedTensors model_entries = host_parameters();
+  dist::NamedTensors optimizer_entries = device_.is_cpu() ? adam_->state_dict() : to_host(adam_->state_dict());
   // Rank 0 writes every expert under its global id: the file one process
   // writes. Its all-to-all group (colour 0) holds every expert once; the
   // other groups hold copies and skip the gather.
@@ -574,7 +758,7 @@ void Trainer::save_checkpoint(const ValidationResult* valid) {
     CheckpointWriter w(dir, "checkpoint_last");
     w.write_safetensors("model.safetensors", model_entries);
     w.write_safetensors("optimizer.safetensors", optimizer_entries);
-    w.write_text("trainer_state.yaml", state_to_yaml(state_, comm_->size()));
+    w.write_text("trainer_state.yaml", state_to_yaml(state_, comm_->size(), scaler_.get()));
     w.write_text("config.yaml", config::to_yaml(cfg_));
     w.commit();
   }
@@ -611,7 +795,7 @@ void Trainer::try_resume() {
   if (expert_parallel(cfg_, *comm_)) optimizer_state = only_names(optimizer_state, adam_->state_dict());
   adam_->load_state_dict(optimizer_state);
   int saved_world = 1;
-  state_ = state_from_yaml(*last + "/trainer_state.yaml", &saved_world);
+  state_ = state_from_yaml(*last + "/trainer_state.yaml", &saved_world, scaler_.get());
   STRATA_CHECK(state_.update == std::llround(found[0]))
       << "resume: rank " << R << " reads " << *last << " at update " << state_.update << ", rank 0 at update "
       << std::llround(found[0]) << " (save_dir must be one shared directory)";

@@ -1,7 +1,8 @@
 // Translation of token-id batches and of raw text with a trained model:
 // builds the source as the model was trained ([__tgt__, x, </s>]), forces the
 // target-language token as the first output token, runs beam search and turns
-// the best hypotheses back into text.
+// the best hypotheses back into text. The model may live on any device
+// (the search reads its log-probabilities on the host).
 #pragma once
 #include <string>
 #include <vector>

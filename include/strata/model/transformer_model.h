@@ -3,6 +3,12 @@
 // stacks with a final LayerNorm each, and an output projection tied to the
 // embeddings. FFN blocks come from a factory so MoE layers can sit in the
 // slots chosen by moe_freq.
+//
+// Devices: after model.to(device) the token ids may be given on the host or
+// on that device; the model moves them (with their positions and padding
+// masks) itself, and its outputs (logits, EncoderOutput) live on the device.
+// Under a 16-bit nn::AutocastGuard the stream is 16-bit and the logits come
+// back in f32.
 #pragma once
 #include <functional>
 #include <memory>
@@ -21,7 +27,7 @@ FfnFactory dense_ffn_factory(const config::ModelOptions& o);
 
 struct EncoderOutput {
   Tensor out;  // [B, S, d] after the final LayerNorm
-  Tensor pad;  // [B, S] f32, 1 at padding positions
+  Tensor pad;  // [B, S] f32, 1 at padding positions (on the model's device)
 };
 
 // Incremental decoding state: one cache per decoder layer plus the step count.
@@ -41,9 +47,7 @@ class TransformerModel : public nn::Module {
   // One incremental step: last_ids [B, 1] -> logits [B, 1, V]; updates `state`.
   Tensor decode_step(const Tensor& last_ids, const EncoderOutput& enc, DecoderState& state,
                      const nn::ForwardContext& ctx);
-  Tensor forward(const Tensor& src_ids, const Tensor& prev_ids, const nn::ForwardContext& ctx) {
-    return decode(prev_ids, encode(src_ids, ctx), ctx);
-  }
+  Tensor forward(const Tensor& src_ids, const Tensor& prev_ids, const nn::ForwardContext& ctx);
 
   int64_t vocab_size() const { return vocab_; }
   int64_t padding_idx() const { return pad_; }
@@ -52,7 +56,15 @@ class TransformerModel : public nn::Module {
   std::vector<nn::DecoderLayer*> decoder_layers();
 
  private:
-  Tensor embed(const Tensor& ids, int64_t max_positions, int64_t start, const nn::ForwardContext& ctx);
+  // One side's token ids with their positions and padding mask [B, T] f32
+  // (1 = pad), all on the model's device.
+  struct Input {
+    Tensor ids, positions, pad;
+  };
+  Input prepare(const Tensor& ids, int64_t max_positions, int64_t start, bool with_pad = true) const;
+  EncoderOutput encode(const Input& src, const nn::ForwardContext& ctx);
+  Tensor decode(const Input& prev, const EncoderOutput& enc, const nn::ForwardContext& ctx);
+  Tensor embed(const Input& in, const nn::ForwardContext& ctx);
   Tensor decoder_body(const Tensor& x, const EncoderOutput& enc, const Tensor& tgt_pad, const nn::ForwardContext& ctx,
                       DecoderState* state);
 

@@ -1,6 +1,10 @@
 // Multi-head scaled dot-product attention (fairseq's MultiheadAttention:
 // separate q/k/v/out projections with biases, q scaled by head_dim^-1/2,
 // softmax in the input dtype, dropout on the attention probabilities).
+// The attention itself is scaled_dot_product_attention (fused kernels on a
+// GPU, the composed ops on the CPU). Works on whichever device the
+// projections live on; under a 16-bit nn::AutocastGuard it runs on 16-bit
+// q/k/v (f32 statistics in the kernels).
 #pragma once
 #include "strata/nn/layers.h"
 

@@ -1,6 +1,9 @@
 // Basic layers: Linear, LayerNorm, token Embedding, and the fixed sinusoidal
 // position table. Weights follow the PyTorch/fairseq layouts (Linear weight is
 // [out, in]) so checkpoints map 1:1 onto the reference implementation.
+// Under a 16-bit nn::AutocastGuard, Linear and LayerNorm compute in the
+// compute dtype and Embedding returns it (nn/autocast.h); in f32 they are
+// the plain ops.
 #pragma once
 #include "strata/nn/module.h"
 
@@ -13,6 +16,9 @@ class Linear : public Module {
   Linear(int64_t in, int64_t out, bool bias = true);
   Linear(int64_t in, int64_t out, bool bias, InitSpec weight_init, InitSpec bias_init);
   Tensor forward(const Tensor& x) const;  // [..., in] -> [..., out]
+  // relu(forward(x)) as one op (on a GPU the bias and ReLU ride in the GEMM's
+  // epilogue; on the CPU the same values as relu(forward(x))).
+  Tensor forward_relu(const Tensor& x) const;
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
   int64_t in_features() const { return in_; }

@@ -5,6 +5,11 @@
 // parameter registers an InitSpec, and init_parameters(seed) draws it from a
 // Philox stream keyed by (seed, hash of the full name), so values do not
 // depend on construction order, rank or world size.
+//
+// Device placement: parameters are created on the CPU (initialised and
+// loaded there) and moved with to(device), in place: every handle a layer
+// holds keeps pointing at the moved tensor. Tensors a module caches that are
+// not parameters (position tables) are registered as buffers and move too.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -44,17 +49,35 @@ class Module {
   NamedTensors named_parameters() const;
   std::vector<Tensor> parameters() const;
   int64_t num_parameters() const;
-  // Draws every parameter from its InitSpec (see the header comment).
+  // Draws every parameter from its InitSpec (see the header comment); on the
+  // host, then copied to a parameter's device, so every device gets the same values.
   void init_parameters(uint64_t seed);
-  // Copies values by name; every parameter must be present with its shape.
+  // Copies values by name (from any device, converting the dtype); every
+  // parameter must be present with its shape.
   void load_parameters(const NamedTensors& values, const std::string& source);
   void zero_grad();
+
+  // Moves every parameter (with its gradient, if any) and every buffer of
+  // this module tree to `device`, in place: each TensorImpl gets new storage
+  // on the device with its shape, strides, offset, dtype and requires_grad
+  // unchanged, so the handles layers hold see the moved tensor. Tensors that
+  // shared one storage (views into a stacked block) still share one after
+  // the move. No-op for tensors already there.
+  void to(Device device);
+  // Where the parameters live (the first parameter's device; CPU when the
+  // tree has none).
+  Device device() const;
+  // Non-parameter tensors of the tree (name, tensor), e.g. "positions".
+  NamedTensors named_buffers() const;
 
  protected:
   Tensor register_parameter(const std::string& name, const Shape& shape, InitSpec init);
   // An empty name merges the child's parameters into this module's namespace
   // (the FFN block's fc1/fc2 appear as "layers.1.fc1.weight", as in fairseq).
   void register_module(const std::string& name, Module* child);
+  // A tensor the module computes with that is not trained (no gradient, not
+  // in checkpoints) but must follow the parameters to their device.
+  void register_buffer(const std::string& name, const Tensor& t);
 
  private:
   struct Param {
@@ -63,7 +86,9 @@ class Module {
     InitSpec init;
   };
   void collect(const std::string& prefix, std::vector<std::pair<std::string, const Param*>>& out) const;
+  void collect_buffers(const std::string& prefix, NamedTensors& out) const;
   std::vector<Param> params_;
+  NamedTensors buffers_;
   std::vector<std::pair<std::string, Module*>> children_;
 };
 

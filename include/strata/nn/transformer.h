@@ -31,6 +31,11 @@ class DenseFeedForward : public FeedForwardBlock {
   Linear fc1_, fc2_;
 };
 
+// The FFN slot of a layer: ffn.forward(x, pad, ctx), except that under a
+// 16-bit autocast an MoE block gets x in f32 (its gate, softmax and routing
+// stay f32) and its output is cast back to x's dtype.
+Tensor run_ffn_block(FeedForwardBlock& ffn, const Tensor& x, const Tensor& pad, const ForwardContext& ctx);
+
 // Dropout that is the identity outside training (and for p = 0).
 Tensor maybe_dropout(const Tensor& x, double p, const ForwardContext& ctx);
 

@@ -54,6 +54,7 @@ class CheckpointWriter {
   // Where to write `file` (a plain file name) before commit().
   std::string path(const std::string& file) const;
   void write_text(const std::string& file, const std::string& text);
+  // Tensors on a GPU are copied to the host first.
   void write_safetensors(const std::string& file, const NamedTensors& tensors, const Metadata& metadata = {});
   // Adds `src` under the name `file` as a hard link (a copy when linking is
   // impossible). Safe because committed checkpoint files are never modified.

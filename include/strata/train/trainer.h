@@ -18,6 +18,18 @@
 // Rank 0 writes checkpoints and metrics; every rank reads checkpoint_last to
 // resume, on any number of ranks. Stop decisions (signals, max_time,
 // patience, max_epoch) are agreed so every rank leaves the loop together.
+//
+// Devices and precision (docs/training.md, "GPU training"): train.device
+// picks the CPU or a GPU (select_device); the model is moved there after
+// initialisation and Adam's state is created there. Batches are made on the
+// host; the model moves the ids and the loss target follows the logits.
+// train.precision bf16/fp16 runs forward and backward under an
+// nn::AutocastGuard with f32 master weights; fp16 multiplies the loss by a
+// DynamicLossScaler's scale, divides it out of the gradients before
+// clipping and skips updates whose gradients overflow. On W > 1 GPUs the
+// gradient all-reduce and the expert all-to-all go through NCCL (host
+// buffers, e.g. agreement counts and replica checks, stay on MPI).
+// Checkpoints are written from host copies and resume onto the device.
 #pragma once
 #include <functional>
 #include <iosfwd>
@@ -26,6 +38,7 @@
 #include <vector>
 
 #include "strata/config/options.h"
+#include "strata/core/device.h"
 #include "strata/data/translation_batches.h"
 #include "strata/data/vocabulary.h"
 #include "strata/dist/communicator.h"
@@ -33,6 +46,7 @@
 #include "strata/model/transformer_model.h"
 #include "strata/moe/routing_stats.h"
 #include "strata/train/adam.h"
+#include "strata/train/loss_scaler.h"
 #include "strata/train/lr_schedule.h"
 
 namespace strata::train {
@@ -65,7 +79,21 @@ struct UpdateStats {
   // the unweighted mean balance loss over the update's batches (of every rank).
   double aux_loss_sum = 0, gate_loss = 0;
   int64_t batches = 0;
+  // fp16: the gradients overflowed and the optimizer step was skipped (the
+  // update still counts: its batches are consumed, the schedule moves on).
+  bool skipped = false;
+  double loss_scale = 1;  // the scale this update's loss was multiplied by (fp16)
 };
+
+// The device train.device asks for: Cpu; Cuda (throws a one-line error when
+// this build has no CUDA or no GPU is visible); Auto = the GPU when the build
+// has CUDA and one is visible. On a GPU it selects device local_rank % count
+// (several GPUs per node, one process each) for this process. Also refuses
+// precision bf16/fp16 when the choice ends up on the CPU.
+Device select_device(const config::TrainOptions& train, int local_rank);
+
+// The autocast compute dtype of a precision: F32, BF16 or F16.
+DType compute_dtype(config::Precision precision);
 
 // Seed of the dropout (and other training randomness) stream of the batch at
 // position `slot` (0-based) of update `update`'s window of batches. Slot 0
@@ -110,6 +138,7 @@ class Trainer {
   const TrainerState& state() const { return state_; }
   model::TransformerModel& model() { return *model_; }
   dist::Communicator& comm() { return *comm_; }
+  Device device() const { return device_; }
   const data::Vocabulary& vocab() const { return *vocab_; }
   // Called after every update with its stats (tests record the loss sequence).
   std::function<void(int64_t update, const UpdateStats&)> on_update;
@@ -125,11 +154,21 @@ class Trainer {
   std::vector<std::pair<int64_t, std::vector<data::ExampleRef>>> window_batches();
   bool better(double metric) const;
   void apply_test_hooks(int64_t update) const;
+  // Parameters as the host sees them: the live tensors on the CPU, host
+  // copies when the model is on a GPU (replica hashes, checkpoints).
+  nn::NamedTensors host_parameters() const;
 
   config::Config cfg_;
   std::ostream& log_;
   dist::Communicator* comm_;
   TestHooks hooks_;
+  Device device_;
+  DType compute_dtype_ = DType::F32;
+  // W > 1 ranks on GPUs: the NCCL communicator over comm_'s ranks, and the
+  // communicator gradients and expert groups use (device buffers over NCCL,
+  // host buffers and counts over comm_). Null otherwise: comm_ does it all.
+  std::unique_ptr<dist::Communicator> nccl_;
+  std::unique_ptr<dist::Communicator> collectives_;
   std::shared_ptr<data::Vocabulary> vocab_;
   std::unique_ptr<data::TranslationBatches> train_, valid_;
   // Expert parallelism: the all-to-all and replica groups (null otherwise).
@@ -138,6 +177,7 @@ class Trainer {
   std::unique_ptr<dist::ExpertGroups> groups_;
   std::unique_ptr<model::TransformerModel> model_;
   std::unique_ptr<Adam> adam_;
+  std::unique_ptr<DynamicLossScaler> scaler_;  // fp16 only
   std::unique_ptr<LrSchedule> schedule_;
   TrainerState state_;
   std::vector<std::vector<data::ExampleRef>> plan_;  // current epoch's batches
