@@ -23,6 +23,12 @@ run_suite() {  # name, command...
 # Catch2 unit tests: one binary, every module. Its last line is Catch2's summary.
 run_suite unit "$BUILD/strata-unit-tests" --order lex
 
+# GPU tests against their CPU twins (built when CUDA=1). Without a GPU the
+# binary says it skipped; test/cuda/device_check.sh runs it on a GPU machine.
+if [[ -x "$BUILD/strata-cuda-tests" ]]; then
+  run_suite cuda "$BUILD/strata-cuda-tests" --order lex
+fi
+
 # The other suites, fastest first (seconds on the 2-core CI machine); any new
 # suite not listed here runs after them.
 ORDERED=(e2e/smoe_training mpi/expert_parallel e2e/translation_pipeline e2e/overfit e2e/reference_check mpi/data_parallel
