@@ -71,6 +71,15 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     Tensor g = it->second;
     grads.erase(it);
     std::vector<Tensor> in_grads = n->apply(g);
+    // A backward may hand the same tensor to two inputs (add's gradient is g
+    // for both); accumulating in place into one slot would then change the
+    // other, so later entries that alias an earlier one get their own copy.
+    for (size_t k = 1; k < in_grads.size(); ++k)
+      for (size_t j = 0; j < k; ++j)
+        if (in_grads[k].defined() && in_grads[k].same(in_grads[j])) {
+          in_grads[k] = in_grads[k].clone();
+          break;
+        }
     for (size_t k = 0; k < in_grads.size(); ++k) {
       const Tensor& in = n->inputs()[k];
       const Tensor& gk = in_grads[k];

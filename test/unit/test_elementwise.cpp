@@ -675,3 +675,15 @@ TEST_CASE("binary gradients are summed back to broadcast operand shapes", "[elem
   test::require_close(s.grad(), {12});
   test::require_close(a.grad(), {2, 4, 6, 2, 4, 6});
 }
+
+TEST_CASE("a gradient handed to two inputs is not shared by their accumulations", "[autograd]") {
+  // add's backward returns the same tensor for both inputs; a's slot later
+  // accumulates z's gradient in place, which must not leak into b's.
+  Tensor a = Tensor::full({3}, 1.0).set_requires_grad();
+  Tensor b = Tensor::full({3}, 1.0).set_requires_grad();
+  Tensor z = a * 2.0;
+  Tensor y = a + b;
+  (sum(y) + sum(z)).backward();
+  CHECK(a.grad().to_vector<float>() == std::vector<float>{3, 3, 3});
+  CHECK(b.grad().to_vector<float>() == std::vector<float>{1, 1, 1});
+}
