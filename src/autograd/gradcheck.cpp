@@ -41,6 +41,8 @@ GradcheckResult gradcheck(const std::function<Tensor(const std::vector<Tensor>&)
   for (const Tensor& x : inputs) {
     if (!x.defined() || !x.requires_grad()) continue;
     STRATA_CHECK(x.grad_fn() == nullptr) << "gradcheck: inputs must be leaves";
+    // The numeric side writes the input's elements through host pointers.
+    STRATA_CHECK(x.device().is_cpu()) << "gradcheck: input " << x.str() << " is not on the CPU (gradcheck is CPU only)";
     for (int64_t d = 0; d < x.dim(); ++d)
       STRATA_CHECK(x.strides()[d] != 0 || x.shape()[d] <= 1) << "gradcheck: input " << x.str() << " is expanded";
     x.zero_grad();

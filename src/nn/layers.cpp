@@ -70,7 +70,8 @@ Tensor sinusoidal_table(int64_t num_positions, int64_t dim, int64_t padding_idx)
 
 Tensor make_positions(const Tensor& ids, int64_t padding_idx, int64_t start) {
   STRATA_CHECK(ids.dim() == 2) << "make_positions: ids must be [batch, time], got " << ids.str();
-  Tensor c = ids.to(DType::I64).contiguous();
+  // Computed on the host (a host copy of GPU ids); the result is a CPU tensor.
+  Tensor c = ids.to(Device::cpu()).to(DType::I64).contiguous();
   Tensor out = Tensor::empty(c.shape(), DType::I64);
   const int64_t* in = c.data<int64_t>();
   int64_t* o = out.data<int64_t>();

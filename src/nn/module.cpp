@@ -75,7 +75,8 @@ uint64_t fnv1a(const std::string& s) {
 
 void init_tensor(const Tensor& t, const InitSpec& spec, const PhiloxStream& stream) {
   NoGradGuard ng;
-  STRATA_CHECK(t.dtype() == DType::F32 && t.is_contiguous()) << "init_tensor: contiguous f32 expected, got " << t.str();
+  STRATA_CHECK(t.dtype() == DType::F32 && t.is_contiguous() && t.device().is_cpu())
+      << "init_tensor: contiguous f32 CPU tensor expected, got " << t.str();
   float* p = t.data<float>();
   const int64_t n = t.numel();
   switch (spec.kind) {

@@ -476,6 +476,13 @@ UpdateStats Trainer::train_update() {
     if (cfg_.moe.enabled()) {
       // total = LS-CE + w_aux * ntokens * mean(block balance) (+ CMR, z-loss): spec 1.5
       Tensor extra = moe::aux_loss_total(aux, ce.tokens, cfg_.moe);
+      // With no MoE block in the forward the term is a constant host zero
+      // (no gradient to lose by moving it); the loss may be on a GPU.
+      if (extra.device() != loss.device()) {
+        STRATA_CHECK(!extra.needs_grad()) << "MoE aux loss " << extra.str() << " is not on the loss's device "
+                                          << loss.device().str();
+        extra = extra.to(loss.device());
+      }
       loss = loss + extra;
       st.aux_loss_sum += extra.item();
       st.gate_loss += moe::aux_loss_parts(aux, cfg_.moe).gate_loss;
