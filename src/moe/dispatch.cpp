@@ -4,17 +4,17 @@
 // slots (each slot belongs to exactly one token choice).
 //
 // Tensors on a GPU take the kernels of strata/backend/cuda/moe_rows.h, which
-// follow the same one-writer-per-element rule; the slot map's vectors are
-// uploaded once per map (DeviceSlotMap below) and the autograd closures keep
-// them for the backward.
+// follow the same one-writer-per-element rule; they read a DeviceSlotMap,
+// either uploaded once per host map or built on the GPU from a GPU gate's
+// routing (make_device_slot_map), and the autograd closures keep it for the
+// backward.
 #include "strata/moe/dispatch.h"
 
 #include <cstring>
 
 #ifdef STRATA_WITH_CUDA
-#include <mutex>
-
 #include "strata/backend/cuda/moe_rows.h"
+#include "strata/backend/cuda/routing.h"
 #include "strata/backend/device_dispatch.h"
 #endif
 
@@ -47,30 +47,6 @@ void check_rows(const Tensor& t, const char* op, const char* what) {
 }
 
 #ifdef STRATA_WITH_CUDA
-// A SlotMap's vectors as i64 tensors on one GPU, each uploaded on first use
-// (a forward needs only one of them: dispatch slot_src, combine row_slot).
-// Shared by every op on the same map and device through device_slot_map, and
-// kept alive by the autograd closures so their backward reuses the uploads.
-class DeviceSlotMap {
- public:
-  DeviceSlotMap(std::shared_ptr<const SlotMap> map, Device device) : map_(std::move(map)), device_(device) {}
-  const std::shared_ptr<const SlotMap>& map() const { return map_; }
-  Device device() const { return device_; }
-  Tensor row_slot() { return upload(row_slot_, map_->row_slot); }
-  Tensor slot_src() { return upload(slot_src_, map_->slot_src); }
-
- private:
-  Tensor upload(Tensor& cached, const std::vector<int64_t>& v) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!cached.defined()) cached = Tensor::from_vector(v, {int64_t(v.size())}).to(device_);
-    return cached;
-  }
-  std::shared_ptr<const SlotMap> map_;
-  Device device_;
-  std::mutex mu_;
-  Tensor row_slot_, slot_src_;
-};
-
 // The device copy of `map` on `device`. The last one made is remembered by a
 // weak reference: dispatch and combine of one layer share it while the
 // dispatch's autograd closure (or any other holder) keeps it alive. It holds
@@ -80,12 +56,40 @@ std::shared_ptr<DeviceSlotMap> device_slot_map(const std::shared_ptr<const SlotM
   static std::weak_ptr<DeviceSlotMap> last;
   std::lock_guard<std::mutex> lock(mu);
   std::shared_ptr<DeviceSlotMap> dm = last.lock();
-  if (dm && dm->map() == map && dm->device() == device) return dm;
+  if (dm && dm->host_map() == map && dm->device() == device) return dm;
   dm = std::make_shared<DeviceSlotMap>(map, device);
   last = dm;
   return dm;
 }
+
+Tensor dispatch_on_device(const Tensor& x, std::shared_ptr<DeviceSlotMap> dm) {
+  Tensor y = backend::cuda::gather_to_slots(x.detach(), dm->slot_src(), dm->k());
+  return record("moe_dispatch", y, {x}, [dm](const Tensor& g) -> std::vector<Tensor> {
+    Timed tb(&profile().dispatch_bwd);
+    return {backend::cuda::sum_slots_to_rows(g, dm->row_slot(), dm->k())};
+  });
+}
+
+Tensor combine_on_device(const Tensor& y, const Tensor& weights, std::shared_ptr<DeviceSlotMap> dm) {
+  Tensor yd = y.detach(), wd = weights.detach();
+  Tensor out = backend::cuda::combine_slots(yd, wd, dm->row_slot());
+  return record("moe_combine", out, {y, weights}, [dm, yd, wd](const Tensor& g) -> std::vector<Tensor> {
+    Timed tb(&profile().combine_bwd);
+    auto grads = backend::cuda::combine_slots_backward(g, yd, wd, dm->row_slot(), dm->slot_src());
+    return {grads.first, grads.second};
+  });
+}
 #endif
+
+void check_combine(const Tensor& y, const Tensor& weights, int64_t rows, int64_t k, int64_t slots) {
+  check_rows(y, "moe combine", "expert output");
+  check_rows(weights, "moe combine", "weights");
+  STRATA_CHECK(y.size(0) == slots) << "moe combine: expert output " << y.str() << " for " << slots << " slots";
+  STRATA_CHECK(weights.size(0) == rows && weights.size(1) == k)
+      << "moe combine: weights " << weights.str() << " for " << rows << " rows x " << k << " choices";
+  STRATA_CHECK(weights.dtype() == y.dtype()) << "moe combine: weights " << weights.str() << " and expert output "
+                                              << y.str() << " differ in dtype";
+}
 
 // out[s] = x[src(s) / k] for every filled slot (x contiguous [rows, d]).
 Tensor gather_to_slots(const Tensor& x, const SlotMap& m) {
@@ -134,14 +138,7 @@ Tensor dispatch_rows(const Tensor& x, std::shared_ptr<const SlotMap> map) {
                                         << " rows";
   Timed t(&profile().dispatch_fwd);
 #ifdef STRATA_WITH_CUDA
-  if (backend::on_cuda("moe dispatch", {x})) {
-    auto dm = device_slot_map(map, x.device());
-    Tensor y = backend::cuda::gather_to_slots(x.detach(), dm->slot_src(), map->k);
-    return record("moe_dispatch", y, {x}, [dm](const Tensor& g) -> std::vector<Tensor> {
-      Timed tb(&profile().dispatch_bwd);
-      return {backend::cuda::sum_slots_to_rows(g, dm->row_slot(), dm->map()->k)};
-    });
-  }
+  if (backend::on_cuda("moe dispatch", {x})) return dispatch_on_device(x, device_slot_map(map, x.device()));
 #endif
   Tensor xc = x.detach().contiguous();
   Tensor y = gather_to_slots(xc, *map);
@@ -152,26 +149,10 @@ Tensor dispatch_rows(const Tensor& x, std::shared_ptr<const SlotMap> map) {
 }
 
 Tensor combine_rows(const Tensor& y, const Tensor& weights, std::shared_ptr<const SlotMap> map) {
-  check_rows(y, "moe combine", "expert output");
-  check_rows(weights, "moe combine", "weights");
-  STRATA_CHECK(y.size(0) == map->slots) << "moe combine: expert output " << y.str() << " for " << map->slots
-                                         << " slots";
-  STRATA_CHECK(weights.size(0) == map->rows && weights.size(1) == map->k)
-      << "moe combine: weights " << weights.str() << " for " << map->rows << " rows x " << map->k << " choices";
-  STRATA_CHECK(weights.dtype() == y.dtype()) << "moe combine: weights " << weights.str() << " and expert output "
-                                              << y.str() << " differ in dtype";
+  check_combine(y, weights, map->rows, map->k, map->slots);
   Timed t(&profile().combine_fwd);
 #ifdef STRATA_WITH_CUDA
-  if (backend::on_cuda("moe combine", {y, weights})) {
-    auto dm = device_slot_map(map, y.device());
-    Tensor yd = y.detach(), wd = weights.detach();
-    Tensor out = backend::cuda::combine_slots(yd, wd, dm->row_slot());
-    return record("moe_combine", out, {y, weights}, [dm, yd, wd](const Tensor& g) -> std::vector<Tensor> {
-      Timed tb(&profile().combine_bwd);
-      auto grads = backend::cuda::combine_slots_backward(g, yd, wd, dm->row_slot(), dm->slot_src());
-      return {grads.first, grads.second};
-    });
-  }
+  if (backend::on_cuda("moe combine", {y, weights})) return combine_on_device(y, weights, device_slot_map(map, y.device()));
 #endif
   Tensor yc = y.detach().contiguous(), wc = weights.detach().contiguous();
   const int64_t d = y.size(1), rows = map->rows, k = map->k;
@@ -231,6 +212,85 @@ Tensor combine_rows(const Tensor& y, const Tensor& weights, std::shared_ptr<cons
     });
     return {dy, dw};
   });
+}
+
+// ------------------------------------------------------ device slot maps ----
+
+DeviceSlotMap::DeviceSlotMap(std::shared_ptr<const SlotMap> map, Device device)
+    : map_(std::move(map)), device_(device) {
+  STRATA_CHECK(map_ && device_.is_cuda()) << "moe device slot map: needs a host map and a GPU, got " << device_.str();
+  rows_ = map_->rows;
+  k_ = map_->k;
+  slots_ = map_->slots;
+}
+
+DeviceSlotMap::DeviceSlotMap(int64_t rows, int64_t k, Tensor row_slot, Tensor slot_src)
+    : device_(slot_src.device()), rows_(rows), k_(k), slots_(slot_src.numel()) {
+  STRATA_CHECK(rows >= 0 && k >= 1 && device_.is_cuda() && row_slot.device() == device_ &&
+               row_slot.dtype() == DType::I64 && slot_src.dtype() == DType::I64 && row_slot.dim() == 1 &&
+               slot_src.dim() == 1 && row_slot.is_contiguous() && slot_src.is_contiguous() &&
+               row_slot.numel() == rows * k)
+      << "moe device slot map: row_slot " << row_slot.str() << " and slot_src " << slot_src.str()
+      << " must be contiguous i64 vectors on one GPU, row_slot of " << rows << " rows x " << k << " choices";
+  row_slot_ = std::move(row_slot);
+  slot_src_ = std::move(slot_src);
+}
+
+Tensor DeviceSlotMap::row_slot() { return upload(row_slot_, map_ ? map_->row_slot : std::vector<int64_t>()); }
+Tensor DeviceSlotMap::slot_src() { return upload(slot_src_, map_ ? map_->slot_src : std::vector<int64_t>()); }
+
+Tensor DeviceSlotMap::upload(Tensor& cached, const std::vector<int64_t>& v) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // built on the device: both vectors are set at construction
+  if (!cached.defined()) cached = Tensor::from_vector(v, {int64_t(v.size())}).to(device_);
+  return cached;
+}
+
+std::shared_ptr<DeviceSlotMap> make_device_slot_map(const Routing& r, const DeviceRouting& dr, int64_t expert_base,
+                                                    int64_t buffer_experts, int64_t capacity, Device device) {
+  STRATA_CHECK(expert_base >= 0 && expert_base + r.experts <= buffer_experts)
+      << "moe slot map: experts [" << expert_base << ", " << expert_base + r.experts << ") outside a buffer of "
+      << buffer_experts << " experts";
+  STRATA_CHECK(capacity >= r.used_capacity())
+      << "moe slot map: buffer capacity " << capacity << " below the used capacity " << r.used_capacity();
+  STRATA_CHECK(r.rows == 0 || (dr.defined() && dr.rows == r.rows && dr.experts == r.experts && dr.k == r.k &&
+                               dr.capacity == r.capacity))
+      << "moe slot map: the device routing (" << dr.rows << " rows) is not the routing of " << r.rows << " rows";
+#ifdef STRATA_WITH_CUDA
+  auto maps = backend::cuda::slot_map(r.rows > 0 ? dr : DeviceRouting{}, expert_base, buffer_experts, capacity, device);
+  return std::make_shared<DeviceSlotMap>(r.rows, int64_t(r.k), maps.first, maps.second);
+#else
+  STRATA_FAIL() << "moe slot map: a device slot map on " << device.str() << " needs the CUDA backend";
+  return nullptr;
+#endif
+}
+
+Tensor dispatch_rows(const Tensor& x, std::shared_ptr<DeviceSlotMap> map) {
+  check_rows(x, "moe dispatch", "input");
+  STRATA_CHECK(x.size(0) == map->rows() && x.device() == map->device())
+      << "moe dispatch: input " << x.str() << " for a slot map of " << map->rows() << " rows on "
+      << map->device().str();
+  Timed t(&profile().dispatch_fwd);
+#ifdef STRATA_WITH_CUDA
+  return dispatch_on_device(x, std::move(map));
+#else
+  STRATA_FAIL() << "moe dispatch: a device slot map needs the CUDA backend";
+  return Tensor();
+#endif
+}
+
+Tensor combine_rows(const Tensor& y, const Tensor& weights, std::shared_ptr<DeviceSlotMap> map) {
+  check_combine(y, weights, map->rows(), map->k(), map->slots());
+  STRATA_CHECK(y.device() == map->device() && weights.device() == map->device())
+      << "moe combine: expert output " << y.str() << " and weights " << weights.str() << " for a slot map on "
+      << map->device().str();
+  Timed t(&profile().combine_fwd);
+#ifdef STRATA_WITH_CUDA
+  return combine_on_device(y, weights, std::move(map));
+#else
+  STRATA_FAIL() << "moe combine: a device slot map needs the CUDA backend";
+  return Tensor();
+#endif
 }
 
 Tensor all_to_all_rows(const Tensor& x, dist::Communicator& comm) {

@@ -6,6 +6,10 @@
 #include "strata/autograd/ops.h"
 #include "strata/core/dispatch.h"
 
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/routing.h"
+#endif
+
 namespace strata::moe {
 
 Tensor combine_weights(const Tensor& g1, const Tensor& g2, const Tensor& keep1, const Tensor& keep2, bool top1,
@@ -34,6 +38,80 @@ namespace {
 Tensor column(const std::vector<double>& v, DType dt, Device dev) {
   return Tensor::from_vector(v, {int64_t(v.size()), 1}).to(dt).to(dev);
 }
+
+// The balance loss V * sum_e m_e c_e over the visible experts, and the z-loss,
+// from rw [1, n] (1 for the rows that count, 0 for the others) and cnt [1, V]
+// (first choices per expert over the rows that count), constants on the
+// gate's device; counted = the number of rows that count.
+void add_losses(GateOutput& out, const Tensor& logits, const Tensor& rw, const Tensor& cnt, int64_t counted, int64_t S,
+                const GateOptions& opt, DType gt, Device dev) {
+  const int64_t n = logits.size(0), V = logits.size(1);
+  const int64_t denom = opt.balance_ignore_padding ? counted : S;
+  if (denom > 0) {
+    Tensor msum = matmul(rw, out.probs);  // [1, V]: sum of probabilities over the counted rows
+    Tensor dot = sum(msum * cnt);
+    out.balance = dot * (double(V) / (double(denom) * double(denom)));
+    if (!opt.balance_ignore_padding && S > n) {
+      // The S - n zero padding rows: uniform 1/V probabilities, no first choice.
+      out.balance = out.balance + double(S - n) * double(n) / (double(S) * double(S));
+    }
+  } else {
+    out.balance = Tensor::scalar(0.0, gt).to(dev);
+  }
+  if (opt.z_loss) {
+    // logsumexp with the row maximum as a constant shift (its gradient cancels)
+    Tensor m = max(logits.detach(), 1, true);
+    Tensor lse = log(sum(exp(logits - m), 1, true)) + m;  // [n, 1]
+    out.z_loss = counted > 0 ? sum(matmul(rw, square(lse))) / double(counted) : Tensor::scalar(0.0, gt).to(dev);
+  }
+}
+
+// The rows that count in the balance loss and z-loss: all n, or with
+// balance_ignore_padding the non-PAD ones. Returns their count and fills
+// row_w (1 or 0 per row).
+int64_t counted_rows(int64_t n, const uint8_t* pad_rows, const GateOptions& opt, std::vector<double>& row_w) {
+  row_w.assign(size_t(n), 1.0);
+  if (!(opt.balance_ignore_padding && pad_rows)) return n;
+  int64_t counted = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    row_w[size_t(i)] = pad_rows[i] ? 0.0 : 1.0;
+    counted += pad_rows[i] ? 0 : 1;
+  }
+  return counted;
+}
+
+#ifdef STRATA_WITH_CUDA
+// A GPU gate after its softmax: routing, combine weights and losses stay on
+// the device; the routing comes to the host in one transfer at the end, after
+// every kernel of the gate is queued.
+void finish_on_device(GateOutput& out, const Tensor& logits, int64_t S, int64_t capacity, const GateOptions& opt,
+                      const uint8_t* pad_rows, const PhiloxStream* noise, DType gt, Device dev) {
+  const int64_t n = logits.size(0);
+  const int k = opt.top1 ? 1 : 2;
+  const RouteOptions ro{opt.top1, opt.policy, opt.normalize_before_dropping};
+  out.device_routing = backend::cuda::route(out.probs.detach(), logits.detach(), capacity, ro, noise);
+  const backend::cuda::GateColumns c = backend::cuda::gate_columns(out.device_routing, gt);
+  // The chosen experts' probabilities: a one-hot row sum is exactly the
+  // gathered value (the other terms are +0) with the gather's gradient.
+  Tensor g1 = sum(out.probs * c.onehot1, 1, true);
+  Tensor g2;
+  if (k == 2) g2 = sum(out.probs * c.onehot2, 1, true);  // 0 without a second expert
+  out.weights = combine_weights(g1, g2, c.keep1, k == 2 ? c.keep2 : Tensor(), opt.top1, opt.normalize_before_dropping);
+
+  std::vector<double> row_w;
+  const int64_t counted = counted_rows(n, pad_rows, opt, row_w);
+  Tensor rw, cnt;
+  if (counted == n) {  // every row counts: no upload
+    rw = Tensor::ones({1, n}, gt, dev);
+    cnt = c.first_count;
+  } else {
+    rw = Tensor::from_vector(row_w, {1, n}).to(gt).to(dev);
+    cnt = matmul(rw, c.onehot1);  // counted first choices per expert (0/1 sums: exact)
+  }
+  add_losses(out, logits, rw, cnt, counted, S, opt, gt, dev);
+  out.routing = backend::cuda::download_routing(out.device_routing);  // the pass's one transfer
+}
+#endif
 }  // namespace
 
 GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t capacity, const GateOptions& opt,
@@ -58,10 +136,15 @@ GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t ca
   }
   Tensor logits = linear(cast(z, gt), cast(wg, gt));  // [n, V]
   out.probs = softmax(logits, 1);
-  // Routing decisions are made on the host (raw pointers): a GPU gate's
-  // probabilities and logits are copied over (a no-op on the CPU).
-  Tensor pd = out.probs.detach().contiguous().to(Device::cpu());
-  Tensor ld = logits.detach().contiguous().to(Device::cpu());
+#ifdef STRATA_WITH_CUDA
+  if (dev.is_cuda()) {
+    finish_on_device(out, logits, S, capacity, opt, pad_rows, noise, gt, dev);
+    return out;
+  }
+#endif
+  // Routing decisions on the host (raw pointers).
+  Tensor pd = out.probs.detach().contiguous();
+  Tensor ld = logits.detach().contiguous();
   const RouteOptions ro{opt.top1, opt.policy, opt.normalize_before_dropping};
   dispatch_float(gt, "moe gate", [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -86,37 +169,13 @@ GateOutput gate_forward(const Tensor& z, const Tensor& wg, int64_t S, int64_t ca
   out.weights = combine_weights(g1, g2, column(k1, gt, dev), k == 2 ? column(k2, gt, dev) : Tensor(), opt.top1,
                                 opt.normalize_before_dropping);
 
-  // Balance loss V * sum_e m_e c_e over the visible experts.
-  std::vector<double> row_w(size_t(n), 1.0);
-  int64_t counted = n;
-  if (opt.balance_ignore_padding && pad_rows) {
-    counted = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      row_w[size_t(i)] = pad_rows[i] ? 0.0 : 1.0;
-      counted += pad_rows[i] ? 0 : 1;
-    }
-  }
-  const int64_t denom = opt.balance_ignore_padding ? counted : S;
+  // Balance loss and z-loss over the rows that count.
+  std::vector<double> row_w;
+  const int64_t counted = counted_rows(n, pad_rows, opt, row_w);
   std::vector<double> cnt(size_t(V), 0.0);
   for (int64_t i = 0; i < n; ++i) cnt[size_t(r.e1[size_t(i)])] += row_w[size_t(i)];
   Tensor rw = Tensor::from_vector(row_w, {1, n}).to(gt).to(dev);
-  if (denom > 0) {
-    Tensor msum = matmul(rw, out.probs);  // [1, V]: sum of probabilities over the counted rows
-    Tensor dot = sum(msum * Tensor::from_vector(cnt, {1, V}).to(gt).to(dev));
-    out.balance = dot * (double(V) / (double(denom) * double(denom)));
-    if (!opt.balance_ignore_padding && S > n) {
-      // The S - n zero padding rows: uniform 1/V probabilities, no first choice.
-      out.balance = out.balance + double(S - n) * double(n) / (double(S) * double(S));
-    }
-  } else {
-    out.balance = Tensor::scalar(0.0, gt).to(dev);
-  }
-  if (opt.z_loss) {
-    // logsumexp with the row maximum as a constant shift (its gradient cancels)
-    Tensor m = max(logits.detach(), 1, true);
-    Tensor lse = log(sum(exp(logits - m), 1, true)) + m;  // [n, 1]
-    out.z_loss = counted > 0 ? sum(matmul(rw, square(lse))) / double(counted) : Tensor::scalar(0.0, gt).to(dev);
-  }
+  add_losses(out, logits, rw, Tensor::from_vector(cnt, {1, V}).to(gt).to(dev), counted, S, opt, gt, dev);
   return out;
 }
 

@@ -1,7 +1,11 @@
 // The MoE block: the stratified pass loop and one pass (gate -> dispatch ->
 // all-to-all -> expert GEMMs -> all-to-all -> combine), plus the CMR mix.
-// Routing decisions are plain C++ (moe/routing.h); everything that carries a
-// gradient is an autograd op.
+// Routing decisions are plain C++ (moe/routing.h) on the CPU; a GPU gate
+// routes on the device (strata/backend/cuda/routing.h), builds the slot map
+// there too, and brings only its compact routing to the host, in one transfer,
+// for the decisions the host makes (strata, buffer sizes, statistics, row
+// keys of the expert dropout). Everything that carries a gradient is an
+// autograd op.
 #include "strata/moe/moe_block.h"
 
 #include <algorithm>
@@ -12,6 +16,10 @@
 #include "strata/core/dispatch.h"
 #include "strata/moe/dispatch.h"
 #include "strata/moe/profile.h"
+
+#ifdef STRATA_WITH_CUDA
+#include "strata/backend/cuda/routing.h"
+#endif
 
 namespace strata::moe {
 
@@ -136,13 +144,26 @@ void record_pass_stats(const Env& env, const GateOutput& g, int off, const std::
 // assignment is zeroing that expert output row, since each slot holds one
 // token. Training: drop with probability p, no rescaling, keyed by (pass row,
 // global expert) (eom_keep); evaluation: * (1-p).
-Tensor expert_output_mask(const Env& env, const Tensor& weights, const Routing& r, int off) {
+// A GPU gate draws the same mask on the device (no upload).
+Tensor expert_output_mask(const Env& env, const Tensor& weights, const GateOutput& g, int off) {
   const double p = env.spec.eom_rate;
+  const Routing& r = g.routing;
   if (!env.ctx.training) return weights * (1.0 - p);
   if (r.rows == 0) return weights;  // no rows, no stream (see the stream rule in moe_pass)
   const PhiloxStream stream = env.ctx.next_stream();
+#ifdef STRATA_WITH_CUDA
+  if (g.device_routing.defined())
+    return weights * backend::cuda::eom_keep(g.device_routing, off, env.spec.experts(), stream, p, weights.dtype());
+#endif
   const std::vector<double> keep = eom_keep(r, off, env.spec.experts(), stream, p);
   return weights * Tensor::from_vector(keep, {r.rows, int64_t(r.k)}).to(weights.dtype()).to(weights.device());
+}
+
+// Choices that got a slot: the filled slots of the pass's slot map.
+int64_t kept_choices(const Routing& r) {
+  int64_t kept = 0;
+  for (int64_t i = 0; i < r.rows; ++i) kept += int64_t(r.keep1[size_t(i)]) + (r.k == 2 ? r.keep2[size_t(i)] : 0);
+  return kept;
 }
 
 // The streams a rank draws in a pass for dropout inside the experts.
@@ -252,7 +273,7 @@ PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const 
   out.e1.resize(size_t(n));
   for (int64_t i = 0; i < n; ++i) out.e1[size_t(i)] = off + g.routing.e1[size_t(i)];
   Tensor weights = g.weights;
-  if (spec.eom_rate > 0) weights = expert_output_mask(env, weights, g.routing, off);
+  if (spec.eom_rate > 0) weights = expert_output_mask(env, weights, g, off);
   // Dropout inside the experts, keyed by (this batch's stream, pass row, global
   // expert, feature): drawn here, before any early return, by a rank with rows.
   ExpertStreams xs;
@@ -271,15 +292,22 @@ PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const 
   const bool local = env.place.world == 1;
   // One process: only the V visible experts get a buffer. Expert parallel:
   // all E (equal all-to-all chunks); earlier strata's rows stay empty.
-  const int64_t buf_experts = local ? V : E;
+  const int64_t buf_experts = local ? V : E, base = local ? 0 : off;
   const double t_map = prof.enabled ? profile_clock() : 0;
-  auto map = std::make_shared<const SlotMap>(make_slot_map(g.routing, local ? 0 : off, buf_experts, used));
+  // On a GPU the slot map is built on the device; the host map then serves
+  // only the row keys of the expert dropout (the same map: the host routing
+  // is the device routing's copy).
+  const bool on_gpu = z.device().is_cuda();
+  std::shared_ptr<const SlotMap> map;
+  std::shared_ptr<DeviceSlotMap> dmap;
+  if (on_gpu) dmap = make_device_slot_map(g.routing, g.device_routing, base, buf_experts, used, z.device());
+  if (!on_gpu || xs.on) map = std::make_shared<const SlotMap>(make_slot_map(g.routing, base, buf_experts, used));
   if (prof.enabled) {
     prof.dispatch_fwd += profile_clock() - t_map;
-    prof.slots += double(map->slots);
-    for (int64_t src : map->slot_src) prof.filled += src >= 0;
+    prof.slots += double(buf_experts * used);
+    prof.filled += double(kept_choices(g.routing));  // each kept choice fills one slot
   }
-  Tensor X = all_to_all_rows(dispatch_rows(z, map), env.comm);
+  Tensor X = all_to_all_rows(on_gpu ? dispatch_rows(z, dmap) : dispatch_rows(z, map), env.comm);
   // The row keys of the expert buffer (dropout inside the experts in training).
   ExpertRowKeys keys;
   if (xs.on) {
@@ -306,7 +334,7 @@ PassOut moe_pass(const Tensor& z, int s, const std::vector<uint8_t>& pad, const 
   }
   if (prof.enabled) prof.experts_fwd += profile_clock() - t_exp;
   Y = all_to_all_rows(Y, env.comm);
-  out.y = combine_rows(Y, cast(weights, Y.dtype()), map);
+  out.y = on_gpu ? combine_rows(Y, cast(weights, Y.dtype()), dmap) : combine_rows(Y, cast(weights, Y.dtype()), map);
   return out;
 }
 

@@ -1,7 +1,11 @@
 // Philox-4x32-10 counter-based RNG (Salmon et al., SC'11). A stream is keyed
 // by (seed, offset); element i of the stream is a pure function of
 // (seed, offset, i), so the CPU and a GPU kernel with one thread per element
-// draw identical numbers, and a resumed run draws what the original did.
+// draw identical words and uniforms (u32, uniform, bernoulli), and a resumed
+// run draws what the original did. gumbel() and normal() go through the
+// platform's logf/cosf, which differ in the last ulp between glibc and CUDA;
+// GPU code that must match the host bit for bit (MoE routing noise) uses the
+// portable logf in backend/cuda/routing.h instead.
 #pragma once
 #include <cmath>
 #include <cstdint>

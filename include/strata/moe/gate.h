@@ -26,7 +26,10 @@ struct GateOptions {
 };
 
 struct GateOutput {
-  Routing routing;
+  Routing routing;  // on the host whatever the device (a GPU gate brings it over in one transfer)
+  // A GPU gate's routing on the device (routed there; undefined on the CPU
+  // and for n = 0): the source of the device slot map (make_device_slot_map).
+  DeviceRouting device_routing;
   Tensor probs;    // [n, V] softmax (gate dtype), differentiable
   Tensor weights;  // [n, k] combine weights, 0 for dropped choices (gate dtype)
   Tensor balance;  // 0-d L_s = V * sum_e m_e c_e

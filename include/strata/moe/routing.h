@@ -3,13 +3,16 @@
 // docs/smoe_spec.md section 1.2), and the slot map that dispatch/combine use.
 // Everything here is plain C++ over contiguous buffers, outside autograd: the
 // choices are constants of the backward pass; only the gate probabilities
-// gathered at these positions carry gradients (moe/gate.h).
+// gathered at these positions carry gradients (moe/gate.h). A GPU gate makes
+// the same decisions on the device (DeviceRouting below, kernels in
+// strata/backend/cuda/routing.h) and brings them here in one transfer.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "strata/config/options.h"
 #include "strata/core/philox.h"
+#include "strata/core/tensor.h"
 
 namespace strata::moe {
 
@@ -37,6 +40,18 @@ struct Routing {
   // 1 + the largest kept position over all experts (0 when nothing is kept):
   // slots at or beyond it are empty for every expert.
   int64_t used_capacity() const;
+};
+
+// A routing made on a GPU (backend::cuda::route, strata/backend/cuda/routing.h):
+// Routing's per-row arrays on the device, in one i32 buffer so that a single
+// transfer brings them to the host (backend::cuda::download_routing). The
+// keep flags are not stored; they are what route sets them to:
+// keep1 = loc1 < capacity, keep2 = e2 >= 0 && loc2 < capacity.
+struct DeviceRouting {
+  int64_t rows = 0, experts = 0, capacity = 0;
+  int k = 2;
+  Tensor packed;  // i32 [4 * rows + experts] on a GPU: e1 | e2 | loc1 | loc2 | first_count
+  bool defined() const { return packed.defined(); }
 };
 
 // probs/logits: [n, V] row-major (the gate softmax and its logits). noise
