@@ -15,6 +15,14 @@
 namespace strata::cuda {
 
 constexpr int kThreads = 256;
+
+// `#pragma unroll` for device code only (the host compiler warns about it in
+// __host__ __device__ functions).
+#if defined(__CUDA_ARCH__)
+#define STRATA_UNROLL _Pragma("unroll")
+#else
+#define STRATA_UNROLL
+#endif
 constexpr int kMaxDims = 8;
 
 // Grid size for n elements at `threads` per block, capped (kernels use grid-stride loops).
@@ -52,12 +60,12 @@ struct StridedIndexer {
   int64_t stride[N][kMaxDims];
   int64_t base[N];
   __host__ __device__ __forceinline__ void offsets(int64_t linear, int64_t (&out)[N]) const {
-#pragma unroll
+    STRATA_UNROLL
     for (int k = 0; k < N; ++k) out[k] = base[k];
     for (int d = ndim - 1; d >= 0; --d) {
       const int64_t i = linear % shape[d];
       linear /= shape[d];
-#pragma unroll
+      STRATA_UNROLL
       for (int k = 0; k < N; ++k) out[k] += i * stride[k][d];
     }
   }
