@@ -19,6 +19,8 @@
 #      without dropout.
 #   4. test/reference/gpu_train_torch.py: the same models in PyTorch eager
 #      (no dropout), for the Strata/PyTorch ratio.
+#   5. gpu_attention: the fused attention kernels against the composed ops
+#      (output into bench.log), if time is left.
 # A failing step does not stop the later ones; the exit status is non-zero if
 # any failed. Logs go to $OUT when it is set, else to a temporary directory:
 # 8 files (device_check.log: environment and the results table;
@@ -72,12 +74,12 @@ with tarfile.open(sys.argv[1]) as t:
         t.extractall(sys.argv[2])
 PYEOF
   fi
-  TESTS=$BIN/strata-cuda-tests TRAIN=$BIN/strata-train BENCH=$BIN/gpu_train
+  TESTS=$BIN/strata-cuda-tests TRAIN=$BIN/strata-train BENCH=$BIN/gpu_train ATTN=$BIN/gpu_attention
   CONFIGS=$BUNDLE/configs DATA=$BUNDLE/data
 else
   BIN=${BUILD:-build}
   MODE="build $BIN"
-  TESTS=$BIN/strata-cuda-tests TRAIN=$BIN/strata-train BENCH=$BIN/bench/gpu_train
+  TESTS=$BIN/strata-cuda-tests TRAIN=$BIN/strata-train BENCH=$BIN/bench/gpu_train ATTN=$BIN/bench/gpu_attention
   CONFIGS=$ROOT/jobs/configs DATA=$TMP/data
 fi
 
@@ -347,6 +349,20 @@ else
   rc=${PIPESTATUS[0]}
   if ((rc == 0)); then record "pytorch" PASS "torch.json"
   else record "pytorch" FAIL "exit $rc: $(tail -1 "$LOG/bench.log" | cut -c1-200)"; fi
+fi
+
+# ------------------------------------------- 5. fused vs composed attention
+echo "== 5. attention: fused kernel vs composed ops"
+t=$(budget 60 5)
+if ((t < 15)); then
+  record "attention bench" SKIP "out of time"
+else
+  # into bench.log: $OUT brings back at most 8 files
+  echo "== gpu_attention (limit ${t}s)" >> "$LOG/bench.log"
+  timeout -k 5 "$t" "$ATTN" 2>&1 | tee -a "$LOG/bench.log"
+  rc=${PIPESTATUS[0]}
+  if ((rc == 0)); then record "attention bench" PASS "bench.log"
+  else record "attention bench" FAIL "exit $rc: $(tail -1 "$LOG/bench.log" | cut -c1-200)"; fi
 fi
 
 # ------------------------------------------------------------ results

@@ -26,7 +26,7 @@ OUT=.gpu_bundle
 STAGE=$BUILD/bundle-stage  # the payload before packing
 LIMIT_MIB=60
 ARCHS=${CUDA_ARCHS:-90}
-PROGRAMS=(strata-cuda-tests bench/gpu_train strata-train)
+PROGRAMS=(strata-cuda-tests bench/gpu_train bench/gpu_attention strata-train)
 
 # Keep the build and the bundle out of git (and out of what travels to the
 # device machine unless named in its carry list).
@@ -79,7 +79,7 @@ echo "== fixture corpus (1k SentencePiece model, binarised)"
 
 # The newest symbol versions the bundle asks of the machine's glibc / libstdc++.
 newest() {  # prefix (GLIBC_ or GLIBCXX_)
-  for f in "$STAGE"/strata-cuda-tests "$STAGE"/gpu_train "$STAGE"/strata-train "$STAGE"/lib/*; do
+  for f in "$STAGE"/strata-cuda-tests "$STAGE"/gpu_train "$STAGE"/gpu_attention "$STAGE"/strata-train "$STAGE"/lib/*; do
     objdump -T "$f" 2>/dev/null | grep -o "($1[0-9.]*)" || true
   done | tr -d '()' | sort -uV | tail -1
 }
