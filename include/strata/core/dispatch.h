@@ -48,6 +48,21 @@ decltype(auto) dispatch_float(DType t, const char* op, Fn&& fn) {
   return fn(TypeTag<float>{});
 }
 
+// Every floating dtype: f32, f64 and the 16-bit storage types (the GPU
+// kernels take all four; arithmetic on f16/bf16 widens to f32).
+template <class Fn>
+decltype(auto) dispatch_floating(DType t, const char* op, Fn&& fn) {
+  switch (t) {
+    case DType::F32: return fn(TypeTag<float>{});
+    case DType::F64: return fn(TypeTag<double>{});
+    case DType::F16: return fn(TypeTag<Half>{});
+    case DType::BF16: return fn(TypeTag<BFloat16>{});
+    default: break;
+  }
+  STRATA_FAIL() << op << ": expected f32, f64, f16 or bf16, got " << dtype_name(t);
+  return fn(TypeTag<float>{});
+}
+
 template <class Fn>
 decltype(auto) dispatch_index(DType t, const char* op, Fn&& fn) {
   switch (t) {

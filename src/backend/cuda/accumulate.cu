@@ -40,19 +40,6 @@ __global__ void scale_strided_kernel(T* d, StridedIndexer<1> ix, compute_t<T> a,
   }
 }
 
-// f32, f64, f16, bf16; names the op otherwise.
-template <class Fn>
-void dispatch_floating(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected a floating tensor (f32, f64, f16, bf16), got " << dtype_name(t);
-}
-
 // True when src and dst share bytes of one storage without being the same view.
 bool partially_overlaps(const Tensor& dst, const Tensor& src) {
   if (dst.impl().storage != src.impl().storage) return false;
@@ -85,7 +72,7 @@ void accumulate_(const Tensor& dst, const Tensor& src_in, double alpha) {
   // A src that shares some bytes with dst is read in full first, so the
   // result does not depend on the order threads write in.
   const Tensor src = cu::partially_overlaps(dst, src_in) ? src_in.clone() : src_in;
-  cu::dispatch_floating(dst.dtype(), "accumulate_", [&](auto tag) {
+  ::strata::dispatch_floating(dst.dtype(), "accumulate_", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (n == 0) return;
     const cu::compute_t<T> a = cu::compute_t<T>(alpha);
@@ -104,7 +91,7 @@ void scale_(const Tensor& dst, double alpha) {
   namespace cu = ::strata::cuda;
   STRATA_CHECK(dst.device().is_cuda()) << "scale_: GPU kernel called for " << dst.str();
   const int64_t n = dst.numel();
-  cu::dispatch_floating(dst.dtype(), "scale_", [&](auto tag) {
+  ::strata::dispatch_floating(dst.dtype(), "scale_", [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (n == 0) return;
     const cu::compute_t<T> a = cu::compute_t<T>(alpha);

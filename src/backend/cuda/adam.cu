@@ -26,19 +26,6 @@ namespace {
 __device__ __forceinline__ int64_t first_index() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_stride() { return int64_t(blockDim.x) * gridDim.x; }
 
-// Dispatch over the storage types the kernels accept (floating only).
-template <class Fn>
-void dispatch_floating(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: fn(TypeTag<float>{}); return;
-    case DType::F64: fn(TypeTag<double>{}); return;
-    case DType::F16: fn(TypeTag<Half>{}); return;
-    case DType::BF16: fn(TypeTag<BFloat16>{}); return;
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected a floating tensor (f32, f64, bf16, f16), got " << dtype_name(t);
-}
-
 void check_on_gpu(const Tensor& t, const char* op, const char* what) {
   STRATA_CHECK(t.defined() && t.device().is_cuda()) << op << ": " << what << " " << t.str() << " is not on a GPU";
 }

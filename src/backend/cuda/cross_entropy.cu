@@ -153,18 +153,6 @@ __global__ void backward_kernel(const void* grad_loss, DType grad_dtype, const T
 
 // ---------------------------------------------------------------- host helpers
 
-template <class Fn>
-void dispatch_gpu_float(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected f32, f64, f16 or bf16 logits, got " << dtype_name(t);
-}
-
 DType stat_dtype(DType x) { return x == DType::F16 || x == DType::BF16 ? DType::F32 : x; }
 
 void check_inputs(const Tensor& logits, const Tensor& target, const char* op) {
@@ -192,7 +180,7 @@ backend::CrossEntropyForward forward(const Tensor& logits, const Tensor& target,
   STRATA_CHECK(V > 0 || N == 0) << op << ": logits " << logits.str() << " have an empty vocabulary";
   backend::CrossEntropyForward out;
   Tensor info = Tensor::empty({3}, DType::I64, logits.device());
-  dispatch_gpu_float(logits.dtype(), op, [&](auto tag) {
+  dispatch_floating(logits.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = compute_t<T>;
     dispatch_index(target.dtype(), op, [&](auto itag) {
@@ -237,7 +225,7 @@ Tensor backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& tar
       << op << ": lse " << lse.str() << " does not match logits " << logits.str() << " (expected " << N
       << " values of " << dtype_name(stat_dtype(logits.dtype())) << ")";
   Tensor grad = Tensor::empty({N, V}, logits.dtype(), logits.device());
-  dispatch_gpu_float(logits.dtype(), op, [&](auto tag) {
+  dispatch_floating(logits.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = compute_t<T>;
     dispatch_index(target.dtype(), op, [&](auto itag) {

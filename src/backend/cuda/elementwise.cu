@@ -198,20 +198,6 @@ struct MaskedFillFn {
 
 // ---------------------------------------------------------------- op -> functor
 
-// f32, f64, f16, bf16 (the GPU's floating dtypes); names the op otherwise.
-template <class Fn>
-decltype(auto) dispatch_floating(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected a floating tensor (f32, f64, f16, bf16), got " << dtype_name(t);
-  return fn(TypeTag<float>{});
-}
-
 template <class Fn>
 decltype(auto) with_unary(backend::UnaryOp op, Fn&& fn) {
   using backend::UnaryOp;
@@ -478,7 +464,7 @@ namespace cu = ::strata::cuda;
 Tensor unary(UnaryOp op, const Tensor& x) {
   const char* name = unary_name(op);
   cu::check_gpu(name, {&x});
-  return cu::dispatch_floating(x.dtype(), name, [&](auto tag) {
+  return ::strata::dispatch_floating(x.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return cu::with_unary(op, [&](auto f) {
       return cu::map1<T, T>(x, x.dtype(), cu::UnaryFn<T, decltype(f)>{f});
@@ -500,7 +486,7 @@ Tensor unary_backward(UnaryOp op, const Tensor& grad_y, const Tensor& x, const T
   for (const Tensor* t : {&grad_y, &xs, &ys})
     STRATA_CHECK(t->shape() == grad_y.shape() && t->dtype() == grad_y.dtype())
         << name << "_backward: gradient " << grad_y.str() << " does not match saved tensor " << t->str();
-  return cu::dispatch_floating(grad_y.dtype(), name, [&](auto tag) {
+  return ::strata::dispatch_floating(grad_y.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return cu::with_unary_grad(op, [&](auto f) {
       return cu::map3<T, T, T, T>(grad_y, xs, ys, grad_y.shape(), grad_y.dtype(),
@@ -514,7 +500,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   cu::check_gpu(name, {&a, &b});
   cu::check_same_dtype(a, b, name);
   const Shape shape = broadcast_shapes(a.shape(), b.shape(), name);
-  return cu::dispatch_floating(a.dtype(), name, [&](auto tag) {
+  return ::strata::dispatch_floating(a.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return cu::with_binary(op, [&](auto f) {
       return cu::map2<T, T, T>(a, b, shape, a.dtype(), cu::BinaryFn<T, decltype(f)>{f});
@@ -525,7 +511,7 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
 Tensor binary_scalar(BinaryOp op, const Tensor& a, double s) {
   const char* name = binary_name(op);
   cu::check_gpu(name, {&a});
-  return cu::dispatch_floating(a.dtype(), name, [&](auto tag) {
+  return ::strata::dispatch_floating(a.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = cu::compute_t<T>;
     if (op == BinaryOp::Pow && s == 2.0)  // x * x, as on the CPU (no pow call)
@@ -539,7 +525,7 @@ Tensor binary_scalar(BinaryOp op, const Tensor& a, double s) {
 Tensor scalar_binary(BinaryOp op, double s, const Tensor& a) {
   const char* name = binary_name(op);
   cu::check_gpu(name, {&a});
-  return cu::dispatch_floating(a.dtype(), name, [&](auto tag) {
+  return ::strata::dispatch_floating(a.dtype(), name, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = cu::compute_t<T>;
     return cu::with_binary(op, [&](auto f) {
@@ -605,7 +591,7 @@ Tensor sum_to_shape(const Tensor& g, const Shape& shape) {
   STRATA_CHECK(shape.size() <= size_t(g.dim()) && broadcast_shapes(shape, g.shape(), "sum_to_shape") == g.shape())
       << "sum_to_shape: " << shape_str(shape) << " does not broadcast to the gradient's " << shape_str(g.shape());
   cu::check_gpu("sum_to_shape", {&g});
-  return cu::dispatch_floating(g.dtype(), "sum_to_shape", [&](auto tag) {
+  return ::strata::dispatch_floating(g.dtype(), "sum_to_shape", [&](auto tag) {
     using T = typename decltype(tag)::type;
     return cu::sum_to_shape_impl<T>(g, shape);
   });

@@ -26,19 +26,6 @@ namespace sc = ::strata::cuda;
 
 // ---------------------------------------------------------------- small kernels
 
-template <class Fn>
-decltype(auto) dispatch_gpu_float(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected f32, f64, f16 or bf16, got " << dtype_name(t);
-  return fn(TypeTag<float>{});
-}
-
 __device__ __forceinline__ int64_t first_index() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_step() { return int64_t(gridDim.x) * blockDim.x; }
 
@@ -96,7 +83,7 @@ void scale_into(const Tensor& t, double beta) {
   const int64_t n = t.numel();
   if (n == 0) return;
   const sc::StridedIndexer<1> ix = sc::make_indexer<1>({&t});
-  dispatch_gpu_float(t.dtype(), "gemm_into", [&](auto tag) {
+  dispatch_floating(t.dtype(), "gemm_into", [&](auto tag) {
     using T = typename decltype(tag)::type;
     scale_kernel<T><<<sc::blocks_for(n), sc::kThreads, 0, sc::compute_stream()>>>(sc::storage_ptr<T>(t), ix, n,
                                                                                   beta);
@@ -621,7 +608,7 @@ Tensor linear_forward(const Tensor& x2d, const Tensor& weight, const Tensor& bia
   // Unfused: y = bias rows (or zeros), y += x @ w^T, then relu in place.
   const int64_t total = rows * out_f;
   if (bias.defined()) {
-    dispatch_gpu_float(dt, "linear_forward", [&](auto tag) {
+    dispatch_floating(dt, "linear_forward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       fill_rows_kernel<T><<<sc::blocks_for(total), sc::kThreads, 0, sc::compute_stream()>>>(
           y.data<T>(), static_cast<const T*>(bias.raw_data()), bias.strides()[0], out_f, total);
@@ -632,7 +619,7 @@ Tensor linear_forward(const Tensor& x2d, const Tensor& weight, const Tensor& bia
   }
   if (in > 0) gemm_rows(dt, y.raw_data(), out_f, x2d, weight, false, true, d, 1.0, bias.defined() ? 1.0 : 0.0);
   if (relu) {
-    dispatch_gpu_float(dt, "linear_forward", [&](auto tag) {
+    dispatch_floating(dt, "linear_forward", [&](auto tag) {
       using T = typename decltype(tag)::type;
       relu_kernel<T><<<sc::blocks_for(total), sc::kThreads, 0, sc::compute_stream()>>>(y.data<T>(), total);
     });
@@ -651,7 +638,7 @@ double measure_gemm_tflops(DType dt, int64_t m, int64_t n, int64_t k, int iters)
   uint32_t seed = 1;
   for (const Tensor* t : {&a, &b}) {
     const int64_t total = t->numel();
-    dispatch_gpu_float(dt, "measure_gemm_tflops", [&](auto tag) {
+    dispatch_floating(dt, "measure_gemm_tflops", [&](auto tag) {
       using T = typename decltype(tag)::type;
       bench_fill_kernel<T><<<sc::blocks_for(total), sc::kThreads, 0, sc::compute_stream()>>>(t->data<T>(), total,
                                                                                              seed++);

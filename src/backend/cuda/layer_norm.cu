@@ -142,18 +142,6 @@ __global__ void param_finish_kernel(const double* __restrict__ partial, int64_t 
 
 // ---------------------------------------------------------------- host helpers
 
-template <class Fn>
-void dispatch_gpu_float(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected a f32, f64, f16 or bf16 tensor, got " << dtype_name(t);
-}
-
 DType stat_dtype(DType x) { return x == DType::F16 || x == DType::BF16 ? DType::F32 : x; }
 
 // Offsets of the rows (all dims but the last, row-major) in each operand.
@@ -210,7 +198,7 @@ backend::LayerNormForward forward(const Tensor& x, const Tensor& gamma, const Te
   check_param(beta, x, D, "beta");
   const int64_t rows = x.numel() / D;
   backend::LayerNormForward out;
-  dispatch_gpu_float(x.dtype(), "layer_norm", [&](auto tag) {
+  dispatch_floating(x.dtype(), "layer_norm", [&](auto tag) {
     using T = typename decltype(tag)::type;
     out.y = Tensor::empty(x.shape(), x.dtype(), x.device());
     out.mean = Tensor::empty({rows}, stat_dtype(x.dtype()), x.device());
@@ -241,7 +229,7 @@ backend::LayerNormBackward backward(const Tensor& dy, const Tensor& x, const Ten
   }
   check_param(gamma, x, D, "gamma");
   backend::LayerNormBackward out;
-  dispatch_gpu_float(x.dtype(), "layer_norm_backward", [&](auto tag) {
+  dispatch_floating(x.dtype(), "layer_norm_backward", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using S = compute_t<T>;
     out.dx = Tensor::empty(x.shape(), x.dtype(), x.device());

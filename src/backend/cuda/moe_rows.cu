@@ -40,19 +40,6 @@ Rows<T> rows_of(const Tensor& t) {
   return {storage_ptr<const T>(t) + t.offset(), t.strides()[0], t.strides()[1]};
 }
 
-// The float dtypes of the GPU backend (16-bit ones computed in f32).
-template <class Fn>
-void dispatch_gpu_float(DType dt, const char* op, Fn&& fn) {
-  switch (dt) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected a f32, f64, f16 or bf16 tensor, got " << dtype_name(dt);
-}
-
 void check_rows(const Tensor& t, const char* op, const char* what) {
   STRATA_CHECK(t.device().is_cuda()) << op << ": " << what << " " << t.str() << " must be on a GPU";
   STRATA_CHECK(t.dim() == 2) << op << ": " << what << " must be [rows, dim], got " << t.str();
@@ -188,7 +175,7 @@ Tensor gather_to_slots(const Tensor& x, const Tensor& slot_src, int64_t k) {
   check_map(slot_src, slots, x, op, "slot_src");
   Tensor out = Tensor::empty({slots, d}, x.dtype(), x.device());
   if (out.numel() == 0) return out;
-  dispatch_gpu_float(x.dtype(), op, [&](auto tag) {
+  dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     gather_to_slots_kernel<T><<<blocks_for(slots * d), kThreads, 0, stream()>>>(
         storage_ptr<T>(out), rows_of<T>(x), map_ptr(slot_src), slots, d, k, rows);
@@ -206,7 +193,7 @@ Tensor sum_slots_to_rows(const Tensor& g, const Tensor& row_slot, int64_t k) {
   check_map(row_slot, rows * k, g, op, "row_slot");
   Tensor out = Tensor::empty({rows, d}, g.dtype(), g.device());
   if (out.numel() == 0) return out;
-  dispatch_gpu_float(g.dtype(), op, [&](auto tag) {
+  dispatch_floating(g.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     sum_slots_kernel<T><<<blocks_for(rows * d), kThreads, 0, stream()>>>(storage_ptr<T>(out), rows_of<T>(g),
                                                                          map_ptr(row_slot), rows, d, k, slots);
@@ -227,7 +214,7 @@ Tensor combine_slots(const Tensor& y, const Tensor& weights, const Tensor& row_s
   check_map(row_slot, rows * k, y, op, "row_slot");
   Tensor out = Tensor::empty({rows, d}, y.dtype(), y.device());
   if (out.numel() == 0) return out;
-  dispatch_gpu_float(y.dtype(), op, [&](auto tag) {
+  dispatch_floating(y.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     combine_kernel<T><<<blocks_for(rows * d), kThreads, 0, stream()>>>(
         storage_ptr<T>(out), rows_of<T>(y), rows_of<T>(weights), map_ptr(row_slot), rows, d, k, slots);
@@ -251,7 +238,7 @@ std::pair<Tensor, Tensor> combine_slots_backward(const Tensor& grad, const Tenso
   check_map(slot_src, slots, y, op, "slot_src");
   Tensor dy = Tensor::empty({slots, d}, y.dtype(), y.device());
   Tensor dw = Tensor::empty({rows, k}, y.dtype(), y.device());
-  dispatch_gpu_float(y.dtype(), op, [&](auto tag) {
+  dispatch_floating(y.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const Rows<T> g = rows_of<T>(grad), w = rows_of<T>(weights);
     if (slots * d > 0) {
@@ -280,7 +267,7 @@ Tensor replace_rows(const Tensor& base, const Tensor& rows, const Tensor& values
   check_map(rows, n, base, op, "rows");
   Tensor out = Tensor::empty({N, d}, base.dtype(), base.device());
   if (out.numel() == 0) return out;
-  dispatch_gpu_float(base.dtype(), op, [&](auto tag) {
+  dispatch_floating(base.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     copy_rows_kernel<T><<<blocks_for(N * d), kThreads, 0, stream()>>>(storage_ptr<T>(out), rows_of<T>(base), N, d);
     STRATA_KERNEL_CHECK();
@@ -301,7 +288,7 @@ std::pair<Tensor, Tensor> replace_rows_backward(const Tensor& grad, const Tensor
   Tensor gbase = Tensor::empty({N, d}, grad.dtype(), grad.device());
   Tensor gval = Tensor::empty({n, d}, grad.dtype(), grad.device());
   if (d == 0) return {gbase, gval};
-  dispatch_gpu_float(grad.dtype(), op, [&](auto tag) {
+  dispatch_floating(grad.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const Rows<T> g = rows_of<T>(grad);
     if (N > 0) {

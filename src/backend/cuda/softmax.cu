@@ -155,18 +155,6 @@ __global__ void backward_thread_kernel(const T* __restrict__ g, const T* __restr
 
 // ---------------------------------------------------------------- host helpers
 
-template <class Fn>
-void dispatch_gpu_float(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: return fn(TypeTag<float>{});
-    case DType::F64: return fn(TypeTag<double>{});
-    case DType::F16: return fn(TypeTag<Half>{});
-    case DType::BF16: return fn(TypeTag<BFloat16>{});
-    default: break;
-  }
-  STRATA_FAIL() << op << ": expected a f32, f64, f16 or bf16 tensor, got " << dtype_name(t);
-}
-
 // Offsets of the lanes along `axis` (the other dims, row-major) in each operand.
 template <int N>
 StridedIndexer<N> lane_indexer(const std::array<const Tensor*, N>& ts, int64_t axis) {
@@ -201,7 +189,7 @@ Tensor forward(const Tensor& x, int64_t axis, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   const int64_t a = wrap_dim(axis, x.dim(), op);
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  dispatch_gpu_float(x.dtype(), op, [&](auto tag) {
+  dispatch_floating(x.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (x.numel() == 0) return;
     const int64_t n = x.shape()[size_t(a)], lanes = x.numel() / n;
@@ -226,7 +214,7 @@ Tensor backward(const Tensor& g, const Tensor& y, int64_t axis) {
       << op << ": gradient " << g.str() << " does not match the output " << y.str();
   const int64_t a = wrap_dim(axis, y.dim(), op);
   Tensor dx = Tensor::empty(y.shape(), y.dtype(), y.device());
-  dispatch_gpu_float(y.dtype(), op, [&](auto tag) {
+  dispatch_floating(y.dtype(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (y.numel() == 0) return;
     const int64_t n = y.shape()[size_t(a)], lanes = y.numel() / n;
