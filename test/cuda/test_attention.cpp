@@ -146,7 +146,9 @@ TEST_CASE("cuda fused attention matches the CPU op over a shape sweep (f32)", "[
 }
 
 TEST_CASE("cuda fused attention covers every mask with dropout on each head dim", "[cuda][attention]") {
-  for (int64_t D : {16, 33, 64, 100, 128})
+  // 24: the only head dim in (16, 32], whose padded-to-32 kernels (the
+  // backward ones in particular) nothing else runs
+  for (int64_t D : {16, 24, 33, 64, 100, 128})
     for (int variant = 0; variant < 4; ++variant) {
       Spec s;
       s.B = 3;

@@ -527,6 +527,32 @@ void dispatch_attention_dtype(DType t, Fn&& fn) {
   STRATA_FAIL() << "fused attention: expected f32, f16 or bf16 inputs, got " << dtype_name(t);
 }
 
+// The most dynamic shared memory the forward and backward kernels of a head
+// dim need (the DM = 64 backward takes ~103 KiB).
+size_t smem_for_head_dim(int64_t D) {
+  size_t bytes = 0;
+  dispatch_head_dim(D, [&](auto dm) {
+    constexpr int DM = decltype(dm)::value;
+    using Ti = Tiles<DM>;
+    bytes = std::max({forward_smem<DM, Ti::fwd_rows, Ti::fwd_cols>(), dq_smem<DM, Ti::bwd_rows, Ti::bwd_cols>(),
+                      dkdv_smem<DM, Ti::bwd_rows, Ti::bwd_cols>()});
+  });
+  return bytes;
+}
+
+// The device's opt-in per-block shared memory limit (227 KiB on sm_90, 163 KiB
+// on sm_80, but 99 KiB on sm_86/sm_89, which run the sm_80 build): where a
+// head dim needs more, the op takes the composed path instead of failing in
+// cudaFuncSetAttribute half-way through a step.
+size_t smem_optin_limit() {
+  static const size_t limit = [] {
+    int v = 0;
+    STRATA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, context().device));
+    return size_t(v);
+  }();
+  return limit;
+}
+
 bool supported(const Tensor& q, const Tensor& k, const Tensor& v) {
   if (!q.defined() || !k.defined() || !v.defined()) return false;
   if (!q.device().is_cuda() || k.device() != q.device() || v.device() != q.device()) return false;
@@ -536,13 +562,15 @@ bool supported(const Tensor& q, const Tensor& k, const Tensor& v) {
   if (k.dtype() != dt || v.dtype() != dt) return false;
   const int64_t D = q.size(3);
   if (D < 1 || D > kMaxHeadDim) return false;
+  if (smem_for_head_dim(D) > smem_optin_limit()) return false;
   return k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == D && v.shape() == k.shape();
 }
 
 void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionMask& mask, const char* op) {
   STRATA_CHECK(supported(q, k, v))
       << op << ": unsupported inputs q " << q.str() << ", k " << k.str() << ", v " << v.str()
-      << " (needs CUDA tensors [B, H, T, D], f32/f16/bf16, D <= " << kMaxHeadDim << ")";
+      << " (needs CUDA tensors [B, H, T, D], f32/f16/bf16, D <= " << kMaxHeadDim
+      << ", and the device's shared memory for D)";
   if (mask.key_padding.defined()) {
     const Tensor& p = mask.key_padding;
     STRATA_CHECK(p.dim() == 2 && p.size(0) == q.size(0) && p.size(1) == k.size(2))

@@ -28,7 +28,9 @@ struct AttentionMask {
 };
 
 // True when the fused kernels take these inputs: q [B, H, Tq, D] and k, v
-// [B, H, Tk, D] on a CUDA device, f32/bf16/f16, 1 <= D <= 128 (any strides).
+// [B, H, Tk, D] on a CUDA device, f32/bf16/f16, 1 <= D <= 128 (any strides),
+// and the device lets a block have the kernels' shared memory for D (up to
+// ~103 KiB: false on 99 KiB parts for 32 < D <= 64).
 bool fused_attention_supported(const Tensor& q, const Tensor& k, const Tensor& v);
 
 struct FusedAttentionForward {
