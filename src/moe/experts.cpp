@@ -76,6 +76,9 @@ Tensor expert_dropout_mask_on_gpu(const Tensor& x, double p, const ExpertRowKeys
                int64_t(streams.size()) == V * R)
       << "moe expert dropout: keys for " << keys.global.size() << " experts and " << keys.row.size()
       << " rows do not fit a buffer of " << V << " x " << R << " rows";
+  for (int64_t v = 0; v < V; ++v)
+    STRATA_CHECK(keys.global[size_t(v)] >= 0 && keys.global[size_t(v)] < keys.experts)
+        << "moe expert dropout: global expert " << keys.global[size_t(v)] << " outside " << keys.experts;
   std::vector<int64_t> seed(size_t(V * R)), offset(size_t(V * R));
   for (size_t i = 0; i < streams.size(); ++i) {
     seed[i] = int64_t(streams[i].seed);

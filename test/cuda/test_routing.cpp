@@ -1,11 +1,13 @@
 // GPU routing (strata/backend/cuda/routing.h) against the host's moe::route
 // and moe::make_slot_map: every field equal on the same probabilities and
-// logits, for n in {1, 7, 513, 4096}, V in {1, 2, 4, 8, 16}, top-1 and top-2
+// logits, for n in {1, 7, 513, 4099}, V in {1, 2, 4, 8, 16}, top-1 and top-2
 // with each second-expert policy, capacities that drop and that do not,
-// exact ties, f32 and f64, strided inputs; the Gumbel noise bit for bit on
+// exact ties, NaN, infinities, signed zeros and subnormals, f32 and f64,
+// strided inputs; the Gumbel noise bit for bit on
 // every draw it can take; the slot maps, gate columns and EOM masks; the GPU
 // gate against the CPU gate; and whole MoE blocks (top-2, Switch, SMoE 2-2)
 // forward and backward on the GPU against the CPU.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -183,7 +185,8 @@ TEST_CASE("GPU routing makes the host's decisions, field by field", "[cuda][rout
               {false, SecondExpertPolicy::Random, false},
               {false, SecondExpertPolicy::Random, true}};
   uint64_t seed = 1;
-  for (int64_t n : {1, 7, 513, 4096})
+  // 4099: several 1024-row chunks of the positions scan with a partial last one
+  for (int64_t n : {1, 7, 513, 4099})
     for (int64_t V : {1, 2, 4, 8, 16})
       for (const Opt& o : opts)
         for (DType dt : {DType::F32, DType::F64})
@@ -216,6 +219,46 @@ TEST_CASE("GPU routing makes the host's decisions, field by field", "[cuda][rout
               if (n == 513 && V == 8) CHECK(cpu(bc::route(gp, gl, C, ro, np).packed).to_vector<int32_t>() ==
                                             cpu(dev.packed).to_vector<int32_t>());
             }
+}
+
+TEST_CASE("GPU routing makes the host's decisions on NaN, infinite and subnormal gate values", "[cuda][routing]") {
+  // Every element drawn from special values, so rows hold NaN first/second
+  // candidates, all-NaN rows, +-inf logits (inf + noise, -inf everywhere
+  // else), -0 against +0 and subnormal probabilities (f32 and f64 ones).
+  const double kSpecial[] = {std::nan(""), INFINITY, -INFINITY, 0.0, -0.0, 1e-40, 1e-310, 0.25, 0.5, 1.0};
+  const int64_t n = 300;
+  struct Opt {
+    bool top1;
+    SecondExpertPolicy policy;
+    bool normalize;
+  } opts[] = {{true, SecondExpertPolicy::Sampling, false},
+              {false, SecondExpertPolicy::Argmax, false},
+              {false, SecondExpertPolicy::Sampling, false},
+              {false, SecondExpertPolicy::Random, false},
+              {false, SecondExpertPolicy::Random, true}};
+  uint64_t seed = 500;
+  for (int64_t V : {1, 3, 8})
+    for (DType dt : {DType::F32, DType::F64})
+      for (const Opt& o : opts)
+        for (int64_t C : {int64_t(1), n}) {
+          ++seed;
+          INFO("V " << V << (o.top1 ? " top-1 " : " top-2 ") << policy_name(o.policy) << (o.normalize ? " normalised" : "")
+                    << " " << dtype_name(dt) << " capacity " << C);
+          const std::vector<double> a = Tensor::uniform({n, V}, seed, 0, 0.0, 10.0, DType::F64).to_vector<double>();
+          const std::vector<double> b = Tensor::uniform({n, V}, seed, 1, 0.0, 10.0, DType::F64).to_vector<double>();
+          std::vector<double> p(a.size()), l(a.size());
+          for (size_t j = 0; j < a.size(); ++j) {
+            p[j] = kSpecial[std::min<size_t>(9, size_t(a[j]))];
+            l[j] = kSpecial[std::min<size_t>(9, size_t(b[j]))];
+          }
+          const Inputs in{Tensor::from_vector(p, {n, V}).to(dt), Tensor::from_vector(l, {n, V}).to(dt)};
+          const RouteOptions ro{o.top1, o.policy, o.normalize};
+          const PhiloxStream noise{seed, 5};
+          const PhiloxStream* np = o.policy == SecondExpertPolicy::Argmax ? nullptr : &noise;
+          const Routing want = host_route(in, C, ro, np);
+          const DeviceRouting dev = bc::route(gpu(in.probs), gpu(in.logits), C, ro, np);
+          require_same_routing(want, bc::download_routing(dev));
+        }
 }
 
 TEST_CASE("GPU routing refuses what the host refuses", "[cuda][routing]") {

@@ -53,7 +53,10 @@ struct PhiloxStream {
   }
   // Uniform in [0, 1) with 24 random bits (exactly representable in f32).
   STRATA_HD float uniform(uint64_t i) const { return float(u32(i) >> 8) * (1.0f / 16777216.0f); }
-  // Uniform in (0, 1): safe under log().
+  // Uniform in (0, 1]: never 0, so log() is finite. The top draw (one in
+  // 2^24) rounds to exactly 1 in f32, where gumbel() gives +inf on every
+  // device alike (the noise is part of the stream's definition; changing it
+  // would change every routing decision drawn so far).
   STRATA_HD float uniform_open(uint64_t i) const {
     return (float(u32(i) >> 8) + 0.5f) * (1.0f / 16777216.0f);
   }
