@@ -187,7 +187,7 @@ launch_prefix() {  # fills the array LAUNCH
       LAUNCH=(mpirun -np "$NRANKS")
       # Open MPI passes only OMPI_* variables by default
       local v
-      for v in OMP_NUM_THREADS OMP_WAIT_POLICY STRATA_COLLECTIVE_TIMEOUT NCCL_DEBUG NCCL_SOCKET_IFNAME NCCL_IB_HCA; do
+      for v in OMP_NUM_THREADS OMP_WAIT_POLICY STRATA_COLLECTIVE_TIMEOUT STRATA_NCCL_TIMEOUT_S NCCL_DEBUG NCCL_SOCKET_IFNAME NCCL_IB_HCA; do
         [[ -z ${!v:-} ]] || LAUNCH+=(-x "$v")
       done
       # shellcheck disable=SC2206

@@ -121,7 +121,8 @@ struct NcclCommunicator::Impl {
   [[noreturn]] void timed_out(const char* op, const char* what) {
     std::ostringstream o;
     o << what << " after " << options.timeout_s
-      << " s; a rank is stuck, dead or making different collective calls (STRATA_NCCL_TIMEOUT_S sets this limit)";
+      << " s; a rank is stuck, dead or making different collective calls (STRATA_NCCL_TIMEOUT_S, else "
+         "STRATA_COLLECTIVE_TIMEOUT, sets this limit)";
     fail(op, o.str());
   }
 
@@ -241,11 +242,19 @@ NcclCommunicator::Impl::~Impl() {
 
 NcclOptions NcclOptions::from_env() {
   NcclOptions o;
-  if (const char* t = std::getenv("STRATA_NCCL_TIMEOUT_S"); t && *t) {
+  // STRATA_NCCL_TIMEOUT_S, else the MPI collectives' STRATA_COLLECTIVE_TIMEOUT:
+  // a rank that stops answering is noticed by whichever library the others
+  // wait in, so a limit set for "the collectives" (the hang test, a job file;
+  // jobs/lib/common.sh forwards both variables to the ranks) must hold for
+  // NCCL too.
+  for (const char* var : {"STRATA_NCCL_TIMEOUT_S", "STRATA_COLLECTIVE_TIMEOUT"}) {
+    const char* t = std::getenv(var);
+    if (!t || !*t) continue;
     char* end = nullptr;
     const double v = std::strtod(t, &end);
-    STRATA_CHECK(end && *end == '\0' && v == v) << "STRATA_NCCL_TIMEOUT_S='" << t << "' is not a number of seconds";
+    STRATA_CHECK(end && *end == '\0' && v == v) << var << "='" << t << "' is not a number of seconds";
     o.timeout_s = v;
+    break;
   }
   return o;
 }

@@ -346,6 +346,17 @@ void Trainer::setup() {
     valid_ = std::make_unique<data::TranslationBatches>(open_directions(cfg_, *vocab_, cfg_.data.valid_subset), bo);
   const int W = comm_->size();
 #ifdef STRATA_WITH_CUDA
+  if (W > 1) {
+    // Each rank picks its device from what it sees (device: auto,
+    // CUDA_VISIBLE_DEVICES), and the device decides the collectives: whether
+    // NCCL is created below (itself a collective over comm_) and which library
+    // moves each buffer. Mixed ranks would match NCCL's bootstrap broadcast
+    // against another collective; agree first and stop with one line instead.
+    const int64_t gpu_ranks = comm_->all_reduce_int(device_.is_cuda() ? 1 : 0, dist::ReduceOp::Sum);
+    STRATA_CHECK(gpu_ranks == 0 || gpu_ranks == W)
+        << "device: " << gpu_ranks << " of " << W << " ranks run on a GPU and the others on the CPU (rank "
+        << comm_->rank() << " on " << device_.str() << "); set train.device to cuda or cpu";
+  }
   if (device_.is_cuda() && W > 1) {
     // NCCL for device buffers, joined over comm_ (collective); comm_ keeps
     // the host-side agreement.

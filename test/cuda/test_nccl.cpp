@@ -296,7 +296,11 @@ TEST_CASE("NcclOptions read the timeout from STRATA_NCCL_TIMEOUT_S", "[cuda][ncc
     REQUIRE_THROWS_WITH(dist::NcclOptions::from_env(), Catch::Contains("STRATA_NCCL_TIMEOUT_S"));
   }
   {
-    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", "");
+    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", ""), c("STRATA_COLLECTIVE_TIMEOUT", "");
     CHECK(dist::NcclOptions::from_env().timeout_s == 600);
+  }
+  {  // the job-wide collective timeout applies to NCCL too when the NCCL one is unset
+    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", ""), c("STRATA_COLLECTIVE_TIMEOUT", "7");
+    CHECK(dist::NcclOptions::from_env().timeout_s == 7);
   }
 }

@@ -47,8 +47,10 @@ struct NcclOptions {
   // creation) before aborting; <= 0 waits forever. Must exceed the longest
   // time one rank can spend alone (rank 0 writing a checkpoint).
   double timeout_s = 600;
-  // STRATA_NCCL_TIMEOUT_S (seconds) overrides the default; a malformed
-  // value throws naming the variable.
+  // STRATA_NCCL_TIMEOUT_S (seconds) overrides the default; when it is unset,
+  // STRATA_COLLECTIVE_TIMEOUT (the MPI collectives' limit) does, so one
+  // variable bounds every wait of a job. A malformed value throws naming the
+  // variable.
   static NcclOptions from_env();
 };
 
