@@ -31,6 +31,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -330,18 +331,13 @@ int main(int argc, char** argv) {
     for (const auto& s : o.sets) std::printf("  --set %s\n", s.c_str());
     std::printf("%-6s %9s %9s %9s %9s %12s %9s %7s %8s %13s\n", "config", "params", "tgt tok", "step ms",
                 "min ms", "tgt tok/s", "TFLOP/s", "MFU", "mem GiB", "loss first>last");
+    // Each config on its own: one that throws (or diverges) is reported and
+    // the others still run; the JSON is rewritten after every config so that a
+    // run stopped by a time limit keeps what it measured.
     std::vector<Result> results;
-    std::stringstream ss(configs);
-    for (std::string name; std::getline(ss, name, ',');) {
-      if (name.empty()) continue;
-      Result r = run(name, o, peak);
-      std::printf("%-6s %8.1fM %9lld %9.2f %9.2f %12.0f %9.1f %6.1f%% %8.2f %6.2f>%-6.2f\n", r.name.c_str(),
-                  r.params / 1e6, (long long)r.tgt_tokens, r.step_ms, r.step_ms_min, r.tokens_per_s, r.model_tflops,
-                  100 * r.mfu, r.peak_mem_gib, r.first_loss, r.last_loss);
-      std::fflush(stdout);
-      results.push_back(r);
-    }
-    if (!json_path.empty()) {
+    std::vector<std::pair<std::string, std::string>> failed;  // config, why
+    auto write_json = [&] {
+      if (json_path.empty()) return;
       nlohmann::json j;
       j["benchmark"] = "gpu_train";
       j["gpu"] = gpu_name;
@@ -356,10 +352,43 @@ int main(int argc, char** argv) {
       j["set"] = o.sets;
       j["configs"] = nlohmann::json::array();
       for (const Result& r : results) j["configs"].push_back(to_json(r));
+      j["failed"] = nlohmann::json::object();
+      for (const auto& [name, why] : failed) j["failed"][name] = why;
       std::ofstream f(json_path);
       STRATA_CHECK(f.good()) << "gpu_train: cannot write " << json_path;
       f << j.dump(2) << "\n";
+    };
+    std::stringstream ss(configs);
+    for (std::string name; std::getline(ss, name, ',');) {
+      if (name.empty()) continue;
+      try {
+        Result r = run(name, o, peak);
+        std::printf("%-6s %8.1fM %9lld %9.2f %9.2f %12.0f %9.1f %6.1f%% %8.2f %6.2f>%-6.2f\n", r.name.c_str(),
+                    r.params / 1e6, (long long)r.tgt_tokens, r.step_ms, r.step_ms_min, r.tokens_per_s, r.model_tflops,
+                    100 * r.mfu, r.peak_mem_gib, r.first_loss, r.last_loss);
+        if (!std::isfinite(r.first_loss) || !std::isfinite(r.last_loss))
+          failed.emplace_back(name, "the loss is not finite");  // timed all the same, but a bug
+        results.push_back(r);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "gpu_train: %s: error: %s\n", name.c_str(), e.what());
+        failed.emplace_back(name, e.what());
+        // A sticky CUDA error (illegal address, launch failure) poisons the
+        // context: later configs would only repeat it. (cudaGetLastError
+        // clears an ordinary error such as out-of-memory; a sticky one stays.)
+        if (o.device.is_cuda()) {
+          (void)cudaGetLastError();
+          if (cudaDeviceSynchronize() != cudaSuccess) {
+            std::fprintf(stderr, "gpu_train: the CUDA context is unusable; skipping the remaining configs\n");
+            write_json();
+            return 1;
+          }
+        }
+      }
+      std::fflush(stdout);
+      write_json();
     }
+    for (const auto& [name, why] : failed) std::fprintf(stderr, "gpu_train: FAILED %s: %s\n", name.c_str(), why.c_str());
+    if (!failed.empty()) return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "gpu_train: error: %s\n", e.what());
     return 1;

@@ -31,6 +31,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 START=$SECONDS
 DEADLINE=${DEADLINE:-470}
+STALL=${STALL:-60}  # seconds without new test output before a GPU test segment counts as hung
 BUNDLE=${BUNDLE:-$ROOT/.gpu_bundle}
 LOG=${OUT:-}
 [[ -n $LOG ]] || LOG=$(mktemp -d /tmp/strata-device-check.XXXXXX)
@@ -49,7 +50,7 @@ budget() { local l=$(($(left) - $2)); if ((l < $1)); then echo "$l"; else echo "
 
 # A python with torch (its nvidia-* packages also hold CUDA's libraries).
 PY=
-for p in ${PYTHON:-} python3 /usr/bin/python3; do
+for p in ${PYTHON:-} python3 /opt/torch/.venv/bin/python3 /usr/bin/python3; do
   if command -v "$p" > /dev/null 2>&1 && "$p" -c "import torch" > /dev/null 2>&1; then PY=$p; break; fi
 done
 PYS=${PY:-python3}  # any python does the bookkeeping
@@ -123,7 +124,7 @@ if [[ $MODE == bundle* && -x $TRAIN ]] && ! "$TRAIN" --help > "$TMP/probe" 2>&1 
   export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$BIN/lib-system
   echo "the machine's libstdc++ is too old: using the bundled one" | tee -a "$MAIN_LOG"
 fi
-for prog in "$TESTS" "$TRAIN" "$BENCH"; do
+for prog in "$TESTS" "$TRAIN" "$BENCH" "$ATTN"; do
   if [[ ! -x $prog ]]; then
     echo "missing: $prog (run test/cuda/make_bundle.sh, or make CUDA=1)" | tee -a "$MAIN_LOG"
     continue
@@ -155,18 +156,38 @@ cuda_tests() {
   fi
   # Segments: run what is left; a crash, a timeout or a sticky CUDA error ends
   # the segment at the test that caused it, and the next one starts after it.
-  local seg=0 remaining=$TMP/remaining t
+  local seg=0 remaining=$TMP/remaining t pid size now changed
+  # One limit for the whole step, however many segments it takes (the
+  # training steps after it need about two and a half minutes).
+  local step_end=$((SECONDS + $(budget 210 150)))
   cp "$list" "$remaining"
   : > "$TMP/results.tsv"
   while [[ -s $remaining ]]; do
     seg=$((seg + 1))
-    t=$(budget 240 150)  # the training steps after this need about two and a half minutes
+    t=$((step_end - SECONDS))
     if ((t < 10)); then echo "out of time: $(wc -l < "$remaining") tests not run" >> "$LOG/cuda_tests.log"; break; fi
     echo "== segment $seg: $(wc -l < "$remaining") tests, limit ${t}s" >> "$LOG/cuda_tests.log"
     # Catch2 splits test specs at commas, even quoted ones: escape them (and backslashes)
     sed 's/\\/\\\\/g; s/,/\\,/g' "$remaining" > "$TMP/run.list"
-    STRATA_REQUIRE_GPU=1 timeout -k 5 "$t" "$TESTS" -f "$TMP/run.list" -r xml -o "$TMP/seg$seg.xml" --durations yes \
-      >> "$LOG/cuda_tests.log" 2>&1
+    # A hung kernel would otherwise hold the segment to its whole limit: Catch2's
+    # XML reporter flushes at every element, so a report that has not grown for
+    # STALL seconds means a test is stuck; it is stopped (SIGTERM, which Catch2
+    # records), counted as failed, and the next segment starts after it.
+    STRATA_REQUIRE_GPU=1 NCCL_DEBUG=${NCCL_DEBUG:-WARN} timeout -k 5 "$t" "$TESTS" -f "$TMP/run.list" -r xml \
+      -o "$TMP/seg$seg.xml" --durations yes >> "$LOG/cuda_tests.log" 2>&1 &
+    pid=$! size=-1 changed=$SECONDS
+    while kill -0 "$pid" 2> /dev/null; do
+      sleep 1
+      now=$(stat -c %s "$TMP/seg$seg.xml" 2> /dev/null || echo 0)
+      if [[ $now != "$size" ]]; then
+        size=$now changed=$SECONDS
+      elif ((SECONDS - changed >= STALL)); then
+        echo "no test output for ${STALL}s: stopping the segment (a test hangs)" >> "$LOG/cuda_tests.log"
+        kill -TERM "$pid" 2> /dev/null  # timeout passes it on, and kills after 5 s more
+        break
+      fi
+    done
+    wait "$pid"
     echo "exit $?" >> "$LOG/cuda_tests.log"
     cat "$TMP/seg$seg.xml" >> "$LOG/cuda_tests.xml" 2>/dev/null
     pyrun "$PYS" - "$TMP/seg$seg.xml" "$remaining" "$TMP/results.tsv" <<'PYEOF' || break
@@ -195,34 +216,35 @@ for chunk in text.split("<TestCase ")[1:]:
     name = html.unescape(m.group(1))
     res = re.search(r'<OverallResult success="(true|false)"', chunk)
     if res is None:  # started, never finished: it crashed or hung
-        settled.append((name, "fail", "crashed or timed out (no result)"))
+        settled.append((name, "fail", "crashed, hung or timed out (no result)", ""))
         stop = True
         break
     ok = res.group(1) == "true"
     w = "" if ok else why(chunk)
     if not ok and "<FatalErrorCondition" in chunk:  # a signal: Catch2 reported it, then the process died
-        settled.append((name, "fail", ("timed out: " if "SIGTERM" in w else "crashed: ") + w))
+        settled.append((name, "fail", ("hung or timed out: " if "SIGTERM" in w else "crashed: ") + w, ""))
         stop = True
         break
     if not ok and STICKY.search(w):  # later tests in this process cannot be trusted
-        settled.append((name, "fail", "sticky CUDA error: " + w))
+        settled.append((name, "fail", "sticky CUDA error: " + w, ""))
         stop = True
         break
-    settled.append((name, "pass" if ok else "fail", w))
-done = {n for n, _, _ in settled}
+    d = re.search(r'<OverallResult success="(?:true|false)"[^>]*durationInSeconds="([0-9.eE+-]+)"', chunk)
+    settled.append((name, "pass" if ok else "fail", w, d.group(1) if d else ""))
+done = {n for n, *_ in settled}
 complete = "</Catch>" in text
 if not stop and not settled and todo:
     # nothing started (a crash at start-up, or bad input): give up on the rest
-    settled = [(n, "fail", "not run: the test binary failed before the first test") for n in todo]
+    settled = [(n, "fail", "not run: the test binary failed before the first test", "") for n in todo]
     done = set(todo)
 elif not stop and complete:
     # the run ended normally: a name it did not run is one the binary does not know
-    settled += [(n, "fail", "not run (name not matched)") for n in todo if n not in done]
+    settled += [(n, "fail", "not run (name not matched)", "") for n in todo if n not in done]
     done = set(todo)
 # else (a stop, or the process died between tests): the rest runs in the next segment
 with open(results_path, "a", encoding="utf-8") as f:
-    for n, r, w in settled:
-        f.write(f"{n}\t{r}\t{w}\n")
+    for n, r, w, d in settled:
+        f.write(f"{n}\t{r}\t{w}\t{d}\n")
 with open(remaining_path, "w", encoding="utf-8") as f:
     f.writelines(n + "\n" for n in todo if n not in done)
 PYEOF
@@ -234,6 +256,9 @@ PYEOF
   {
     echo "== results: $passed passed, $failed failed, $((total - passed - failed)) not run, of $total"
     awk -F'\t' '$2 == "fail" { print "FAILED: " $1 ": " $3 }' "$TMP/results.tsv"
+    echo "slowest tests (s):"
+    awk -F'\t' '$4 != "" { printf "%8.2f  %s\n", $4, $1 }' "$TMP/results.tsv" | sort -rn | head -15
+    awk -F'\t' '$4 != "" { s += $4 } END { printf "total in tests: %.1f s\n", s }' "$TMP/results.tsv"
   } >> "$LOG/cuda_tests.log"
   awk -F'\t' '$2 == "fail" { print "FAILED: " $1 ": " substr($3, 1, 200) }' "$TMP/results.tsv" | head -20
   if ((passed == total && total > 0)); then
@@ -317,6 +342,8 @@ else:
 PYEOF
   )
   record "smoke fp32 gpu vs cpu" "${verdict%% *}" "${verdict#* }"
+else
+  record "smoke fp32 gpu vs cpu" SKIP "no comparison: a run above failed"
 fi
 
 # --------------------------------------------------------- 3. benchmark
@@ -383,8 +410,10 @@ print("=" * 30 + " Strata device check: results " + "=" * 30)
 print(f"GPU: {gpu}; {elapsed} s")
 for name, status, detail in steps:
     print(f"{status:4s}  {name:22s} {detail}")
-s, s0, t = load("gpu_train.json"), load("gpu_train_nodrop.json"), load("torch.json")
-if s or s0 or t:
+def perf_table():
+    s, s0, t = load("gpu_train.json"), load("gpu_train_nodrop.json"), load("torch.json")
+    if not (s or s0 or t):
+        return
     rows = {}
     for key, doc in (("s", s), ("s0", s0), ("t", t)):
         for c in (doc or {}).get("configs", []):
@@ -412,6 +441,14 @@ if s or s0 or t:
               f"{(pct(b['mfu']) if b else '-'):>6s} | {(format(c['tokens_per_s'], '.0f') if c else '-'):>13s} "
               f"{tmfu:>6s} | {ratio:>14s}{note}")
     print("tok/s: target tokens per second; Strata/PyTorch: both without dropout, same batches, bf16 autocast")
+    for key, doc in (("s", s), ("s0", s0), ("t", t)):
+        who = {"s": "Strata", "s0": "Strata no-dropout", "t": "PyTorch"}[key]
+        for name, why in ((doc or {}).get("failed") or {}).items():
+            print(f"{name}: {who} failed: {str(why)[:200]}")
+try:
+    perf_table()
+except Exception as e:  # a malformed JSON must not hide the verdict
+    print(f"(performance table not printed: {type(e).__name__}: {e})")
 bad = [n for n, st, _ in steps if st != "PASS"]
 print(f"overall: {'PASS' if not bad else 'FAIL (' + ', '.join(bad) + ')'}; logs in {log}")
 PYEOF

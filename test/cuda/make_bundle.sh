@@ -3,8 +3,9 @@
 # Strata itself (no yaml-cpp, SentencePiece or OpenBLAS there, nothing to
 # install) and puts it in .gpu_bundle/ (git-ignored through .git/info/exclude):
 #   payload.tar.xz  (device_check.sh unpacks it; xz because OpenBLAS alone is
-#                   35 MiB and each program carries its kernels, 75 MiB in all)
-#     strata-cuda-tests, gpu_train, strata-train   stripped, built CUDA=1 MPI=0 NATIVE=0
+#                   35 MiB and each program carries its kernels, ~140 MiB in all)
+#     strata-cuda-tests, gpu_train, gpu_attention, strata-train
+#                  stripped, built CUDA=1 MPI=0 NATIVE=0, sm_90 SASS + compute_90 PTX
 #     lib/         the non-CUDA shared libraries they need (ldd), found first there
 #     lib-system/  libstdc++ / libgcc_s, used there only if the machine's own are too old
 #   configs/     jobs/configs/*.yaml (the smoke run and the benchmark read them)

@@ -41,6 +41,7 @@ import os
 import re
 import sys
 import time
+import traceback
 import types
 
 import torch
@@ -298,8 +299,13 @@ def main(argv):
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_train_torch: no CUDA device visible", file=sys.stderr)
         return 1
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as in Strata
-    torch.backends.cudnn.allow_tf32 = False
+    # fp32 means fp32, as in Strata. torch >= 2.9 deprecates these flags in
+    # favour of fp32_precision (a warning); never let that stop the benchmark.
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    except (AttributeError, RuntimeError) as e:
+        print(f"gpu_train_torch: could not turn TF32 off ({e}); bf16 runs are not affected", file=sys.stderr)
     install_device(device)
     amp_dtype = torch.bfloat16 if args.precision == "bf16" else None
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -311,24 +317,41 @@ def main(argv):
           + (", tiny models" if args.tiny else "") + "; no dropout (the reference has none)")
     print(f"{'config':6s} {'params':>9s} {'tgt tok':>9s} {'step ms':>9s} {'min ms':>9s} {'tgt tok/s':>12s} "
           f"{'mem GiB':>8s} {'loss first>last':>15s}")
-    results = []
+    # Each config on its own: one that fails is reported and the others still
+    # run; the JSON is rewritten after every config, so a run stopped by a time
+    # limit keeps what it measured.
+    results, failed = [], {}
+
+    def write_json():
+        if not args.json:
+            return
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"benchmark": "gpu_train_torch", "torch": torch.__version__, "gpu": gpu,
+                       "device": str(device), "precision": args.precision, "matmul_tflops": peak,
+                       "tokens": args.tokens, "seq": args.seq, "warmup": args.warmup, "steps": args.steps,
+                       "tiny": args.tiny, "set": args.set or [], "configs": results, "failed": failed}, f, indent=2)
+            f.write("\n")
+
     for n in names:
-        r = run(n, args, device, amp_dtype)
+        try:
+            r = run(n, args, device, amp_dtype)
+        except Exception as e:  # noqa: BLE001 (report, then go on with the next config)
+            traceback.print_exc()
+            print(f"gpu_train_torch: {n}: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            failed[n] = f"{type(e).__name__}: {e}"[:500]
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            write_json()
+            continue
         print(f"{r['config']:6s} {r['params'] / 1e6:8.1f}M {r['tgt_tokens']:9d} {r['step_ms']:9.2f} "
               f"{r['step_ms_min']:9.2f} {r['tokens_per_s']:12.0f} {r['peak_mem_gib']:8.2f} "
               f"{r['first_loss']:6.2f}>{r['last_loss']:<6.2f}", flush=True)
         if not (math.isfinite(r["first_loss"]) and math.isfinite(r["last_loss"])):
             print(f"gpu_train_torch: {n}: the loss is not finite", file=sys.stderr)
-            return 1
+            failed[n] = "the loss is not finite"
         results.append(r)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"benchmark": "gpu_train_torch", "torch": torch.__version__, "gpu": gpu,
-                       "device": str(device), "precision": args.precision, "matmul_tflops": peak,
-                       "tokens": args.tokens, "seq": args.seq, "warmup": args.warmup, "steps": args.steps,
-                       "tiny": args.tiny, "set": args.set or [], "configs": results}, f, indent=2)
-            f.write("\n")
-    return 0
+        write_json()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
