@@ -15,6 +15,7 @@
 #include <climits>
 #include <mutex>
 
+#include "strata/backend/blas_layout.h"
 #include "strata/core/dispatch.h"
 
 #ifdef STRATA_WITH_CUDA
@@ -94,29 +95,6 @@ void gemm_panels(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, con
     else
       blas(ta, tb, M, e - s, K, alpha, A, lda, B + (tb ? s * ldb : s), ldb, beta, C + s, ldc);
   }
-}
-
-// How BLAS reads one matrix [rows, cols] with strides (rs, cs): row-major with
-// leading dimension `ld`, or (transposed = true) as the transpose of a
-// row-major [cols, rows] matrix. False when neither holds (gaps in both
-// dimensions, broadcast strides, overlapping rows): the caller copies.
-// Strides of size-1 dimensions are never read, so they do not constrain.
-bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, int64_t& ld, bool& transposed) {
-  if (cs == 1 || cols == 1) {
-    ld = rows == 1 ? std::max<int64_t>(cols, 1) : rs;
-    if (ld >= std::max<int64_t>(cols, 1) && ld <= INT_MAX) {
-      transposed = false;
-      return true;
-    }
-  }
-  if (rs == 1 || rows == 1) {
-    ld = cols == 1 ? std::max<int64_t>(rows, 1) : cs;
-    if (ld >= std::max<int64_t>(rows, 1) && ld <= INT_MAX) {
-      transposed = true;
-      return true;
-    }
-  }
-  return false;
 }
 
 // An operand ready for BLAS: the tensor that holds the data (the input itself,

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "strata/backend/blas_layout.h"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/backend/functors.h"
 #include "strata/core/dispatch.h"
@@ -119,29 +120,6 @@ __global__ void bench_fill_kernel(T* p, int64_t total, uint32_t seed) {
 }
 
 // ---------------------------------------------------------------- operand layouts
-
-// How BLAS reads one matrix [rows, cols] with strides (rs, cs): row-major with
-// leading dimension `ld`, or (transposed = true) as the transpose of a
-// row-major [cols, rows] matrix. False when neither holds (no unit stride,
-// broadcast strides, overlapping rows): the caller copies. Strides of size-1
-// dimensions are never read. The same rules as the CPU backend.
-bool blas_layout(int64_t rows, int64_t cols, int64_t rs, int64_t cs, int64_t& ld, bool& transposed) {
-  if (cs == 1 || cols == 1) {
-    ld = rows == 1 ? std::max<int64_t>(cols, 1) : rs;
-    if (ld >= std::max<int64_t>(cols, 1) && ld <= INT_MAX) {
-      transposed = false;
-      return true;
-    }
-  }
-  if (rs == 1 || rows == 1) {
-    ld = cols == 1 ? std::max<int64_t>(rows, 1) : cs;
-    if (ld >= std::max<int64_t>(rows, 1) && ld <= INT_MAX) {
-      transposed = true;
-      return true;
-    }
-  }
-  return false;
-}
 
 // An operand ready for cuBLAS: the tensor holding the data (the input or a
 // contiguous copy), the pointer to its first element, the leading dimension,

@@ -43,9 +43,6 @@ using ::strata::cuda::StridedIndexer;
 
 cudaStream_t stream() { return ::strata::cuda::compute_stream(); }
 
-#define INDEX_GRID_LOOP(i, n) \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
 // Runs fn with an unsigned integer type of the dtype's size: the copying ops
 // move bits and need no arithmetic, so they serve every dtype.
 template <class Fn>
@@ -79,7 +76,7 @@ struct Prepared {
 template <class I>
 __global__ void prepare_index_kernel(const I* idx, StridedIndexer<1> ix, int64_t n, int64_t bound, int64_t* out,
                                      int64_t* flags) {
-  INDEX_GRID_LOOP(i, n) {
+  STRATA_GRID_LOOP(i, n) {
     int64_t off[1];
     ix.offsets(i, off);
     int64_t v = int64_t(idx[off[0]]);
@@ -136,7 +133,7 @@ std::string along(int64_t axis, const Tensor& x) { return "along axis " + std::t
 template <class B>
 __global__ void select_kernel(B* out, const B* x, StridedIndexer<1> xix, const int64_t* idx, int64_t outer, int64_t n,
                               int64_t inner, int64_t xa) {
-  INDEX_GRID_LOOP(t, outer * n * inner) {
+  STRATA_GRID_LOOP(t, outer * n * inner) {
     const int64_t k = t % inner, j = (t / inner) % n, o = t / (inner * n);
     const int64_t v = idx[j];
     if (v >= xa) {  // out of range: the op throws after this kernel
@@ -167,7 +164,7 @@ void launch_select(const Tensor& out, const Tensor& x, const Prepared& p, int64_
 template <class B>
 __global__ void gather_kernel(B* out, const B* x, StridedIndexer<1> xix, const int64_t* idx, int64_t total, int64_t n,
                               int64_t inner, int64_t axis_stride, int64_t bound) {
-  INDEX_GRID_LOOP(t, total) {
+  STRATA_GRID_LOOP(t, total) {
     const int64_t v = idx[t];
     if (v >= bound) {
       out[t] = B();
@@ -183,7 +180,7 @@ __global__ void gather_kernel(B* out, const B* x, StridedIndexer<1> xix, const i
 // dst = src element by element (same shape, any strides).
 template <class B>
 __global__ void copy_kernel(B* dst, const B* src, StridedIndexer<2> ix, int64_t total) {
-  INDEX_GRID_LOOP(t, total) {
+  STRATA_GRID_LOOP(t, total) {
     int64_t off[2];
     ix.offsets(t, off);
     dst[off[0]] = src[off[1]];
@@ -194,7 +191,7 @@ __global__ void copy_kernel(B* dst, const B* src, StridedIndexer<2> ix, int64_t 
 
 // i64 0, 1, ..., n-1: the positions carried through the sort.
 __global__ void iota_kernel(int64_t* out, int64_t n) {
-  INDEX_GRID_LOOP(i, n) out[i] = i;
+  STRATA_GRID_LOOP(i, n) out[i] = i;
 }
 
 // Index values sorted ascending with their positions; equal values keep
@@ -233,7 +230,7 @@ Sorted sort_by_index(const Prepared& p) {
 template <class T>
 __global__ void run_sum_kernel(T* out, const T* src, StridedIndexer<1> six, const int64_t* keys, const int64_t* pos,
                                int64_t outer, int64_t n, int64_t inner, int64_t bound, int64_t skip) {
-  INDEX_GRID_LOOP(t, outer * n * inner) {
+  STRATA_GRID_LOOP(t, outer * n * inner) {
     const int64_t k = t % inner, p = (t / inner) % n, o = t / (inner * n);
     const int64_t key = keys[p];
     if (key >= bound || key == skip || (p > 0 && keys[p - 1] == key)) continue;
@@ -275,7 +272,7 @@ template <class T>
 __global__ void scatter_add_kernel(T* out, StridedIndexer<1> oix, int64_t out_stride, const T* src,
                                    StridedIndexer<1> six, const int64_t* idx, int64_t outer, int64_t n, int64_t inner,
                                    int64_t bound) {
-  INDEX_GRID_LOOP(c, outer * inner) {
+  STRATA_GRID_LOOP(c, outer * inner) {
     const int64_t k = c % inner, o = c / inner;
     const int64_t row0 = o * n * inner + k;
     int64_t ooff[1];

@@ -23,9 +23,6 @@ using ::strata::cuda::store_cast;
 
 cudaStream_t stream() { return ::strata::cuda::compute_stream(); }
 
-#define MOE_ROWS_GRID_LOOP(i, n) \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
 // A 2-D view's elements: element (r, c) at p[r * s0 + c * s1].
 template <class T>
 struct Rows {
@@ -61,7 +58,7 @@ const int64_t* map_ptr(const Tensor& m) { return storage_ptr<const int64_t>(m) +
 template <class T>
 __global__ void gather_to_slots_kernel(T* out, Rows<T> x, const int64_t* slot_src, int64_t slots, int64_t d,
                                        int64_t k, int64_t rows) {
-  MOE_ROWS_GRID_LOOP(t, slots * d) {
+  STRATA_GRID_LOOP(t, slots * d) {
     const int64_t s = t / d, c = t % d;
     const int64_t src = slot_src[s];
     out[t] = src >= 0 && src < rows * k ? x.raw(src / k, c) : T();
@@ -72,7 +69,7 @@ __global__ void gather_to_slots_kernel(T* out, Rows<T> x, const int64_t* slot_sr
 template <class T>
 __global__ void sum_slots_kernel(T* out, Rows<T> g, const int64_t* row_slot, int64_t rows, int64_t d, int64_t k,
                                  int64_t slots) {
-  MOE_ROWS_GRID_LOOP(t, rows * d) {
+  STRATA_GRID_LOOP(t, rows * d) {
     const int64_t r = t / d, c = t % d;
     compute_t<T> acc = 0;
     for (int64_t j = 0; j < k; ++j) {
@@ -87,7 +84,7 @@ __global__ void sum_slots_kernel(T* out, Rows<T> g, const int64_t* row_slot, int
 template <class T>
 __global__ void combine_kernel(T* out, Rows<T> y, Rows<T> w, const int64_t* row_slot, int64_t rows, int64_t d,
                                int64_t k, int64_t slots) {
-  MOE_ROWS_GRID_LOOP(t, rows * d) {
+  STRATA_GRID_LOOP(t, rows * d) {
     const int64_t r = t / d, c = t % d;
     compute_t<T> acc = 0;
     for (int64_t j = 0; j < k; ++j) {
@@ -102,7 +99,7 @@ __global__ void combine_kernel(T* out, Rows<T> y, Rows<T> w, const int64_t* row_
 template <class T>
 __global__ void combine_dy_kernel(T* dy, Rows<T> g, Rows<T> w, const int64_t* slot_src, int64_t slots, int64_t d,
                                   int64_t k, int64_t rows) {
-  MOE_ROWS_GRID_LOOP(t, slots * d) {
+  STRATA_GRID_LOOP(t, slots * d) {
     const int64_t s = t / d, c = t % d;
     const int64_t src = slot_src[s];
     if (src >= 0 && src < rows * k) {
@@ -137,13 +134,13 @@ __global__ void combine_dw_kernel(T* dw, Rows<T> g, Rows<T> y, const int64_t* ro
 // out [N, d] (contiguous) = x, element by element.
 template <class T>
 __global__ void copy_rows_kernel(T* out, Rows<T> x, int64_t N, int64_t d) {
-  MOE_ROWS_GRID_LOOP(t, N * d) out[t] = x.raw(t / d, t % d);
+  STRATA_GRID_LOOP(t, N * d) out[t] = x.raw(t / d, t % d);
 }
 
 // out (contiguous [N, d]) row rows[i] = v[i].
 template <class T>
 __global__ void put_rows_kernel(T* out, Rows<T> v, const int64_t* rows, int64_t n, int64_t d, int64_t N) {
-  MOE_ROWS_GRID_LOOP(t, n * d) {
+  STRATA_GRID_LOOP(t, n * d) {
     const int64_t i = t / d, c = t % d, r = rows[i];
     if (r >= 0 && r < N) out[r * d + c] = v.raw(i, c);
   }
@@ -152,7 +149,7 @@ __global__ void put_rows_kernel(T* out, Rows<T> v, const int64_t* rows, int64_t 
 // gval (contiguous [n, d]) row i = g[rows[i]]; gbase (contiguous [N, d], a copy of g) row rows[i] = 0.
 template <class T>
 __global__ void take_rows_kernel(T* gval, T* gbase, Rows<T> g, const int64_t* rows, int64_t n, int64_t d, int64_t N) {
-  MOE_ROWS_GRID_LOOP(t, n * d) {
+  STRATA_GRID_LOOP(t, n * d) {
     const int64_t i = t / d, c = t % d, r = rows[i];
     if (r >= 0 && r < N) {
       gval[t] = g.raw(r, c);

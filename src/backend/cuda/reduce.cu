@@ -295,21 +295,6 @@ __global__ void topk_rank_kernel(const T* __restrict__ x, StridedIndexer<3> ix, 
 
 // ---------------------------------------------------------------- host helpers
 
-// Offsets of the lanes along `axis` (the other dims, row-major) in each operand.
-template <int N>
-StridedIndexer<N> lane_indexer(const std::array<const Tensor*, N>& ts, int64_t axis) {
-  std::array<Tensor, N> views;
-  std::array<const Tensor*, N> ptrs;
-  for (int k = 0; k < N; ++k) {
-    Shape s = ts[size_t(k)]->shape();
-    Strides st = ts[size_t(k)]->strides();
-    s.erase(s.begin() + axis);
-    st.erase(st.begin() + axis);
-    views[size_t(k)] = make_view(*ts[size_t(k)], s, st, ts[size_t(k)]->offset());
-    ptrs[size_t(k)] = &views[size_t(k)];
-  }
-  return make_indexer<N>(ptrs);
-}
 
 // Number of lanes along `axis` (the product of the other dims; not numel / n, which fails for n = 0).
 int64_t lane_count(const Tensor& x, int64_t axis) {

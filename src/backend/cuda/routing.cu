@@ -30,9 +30,6 @@ using ::strata::cuda::storage_ptr;
 
 cudaStream_t stream() { return ::strata::cuda::compute_stream(); }
 
-#define ROUTING_GRID_LOOP(i, n) \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
-
 // Threads of a positions block: many rows per step, few steps (a multiple of 32).
 constexpr int kPositionThreads = 1024;
 
@@ -66,7 +63,7 @@ Packed packed_of(const moe::DeviceRouting& r) {
 template <class T>
 __global__ void choose_kernel(View2<T> probs, View2<T> logits, int64_t n, int64_t V, bool second, int policy,
                               bool normalize, PhiloxStream noise, Packed out) {
-  ROUTING_GRID_LOOP(i, n) {
+  STRATA_GRID_LOOP(i, n) {
     // first choice: the first maximum of the probabilities
     int32_t first = 0;
     for (int64_t e = 1; e < V; ++e)
@@ -139,7 +136,7 @@ __device__ __forceinline__ bool kept(int32_t e, int32_t loc, int64_t capacity) {
 // 3. row_slot [n * k] (every entry), slot_src at the kept choices' slots.
 __global__ void slot_map_kernel(Packed p, int64_t n, int k, int64_t route_capacity, int64_t expert_base,
                                 int64_t capacity, int64_t* row_slot, int64_t* slot_src) {
-  ROUTING_GRID_LOOP(t, n * k) {
+  STRATA_GRID_LOOP(t, n * k) {
     const int64_t i = t / k;
     const int j = int(t % k);
     const int32_t e = j == 0 ? p.e1[i] : p.e2[i];
@@ -159,7 +156,7 @@ __global__ void slot_map_kernel(Packed p, int64_t n, int k, int64_t route_capaci
 template <class T>
 __global__ void gate_columns_kernel(Packed p, int64_t n, int64_t V, int64_t capacity, T* onehot1, T* onehot2,
                                     T* keep1, T* keep2, T* first_count) {
-  ROUTING_GRID_LOOP(t, n * V) {
+  STRATA_GRID_LOOP(t, n * V) {
     const int64_t i = t / V;
     const int32_t e = int32_t(t % V);
     onehot1[t] = p.e1[i] == e ? T(1) : T(0);
@@ -177,7 +174,7 @@ __global__ void gate_columns_kernel(Packed p, int64_t n, int64_t V, int64_t capa
 template <class T>
 __global__ void eom_keep_kernel(Packed p, int64_t n, int k, int64_t expert_offset, int64_t experts,
                                 PhiloxStream s, float prob, T* out) {
-  ROUTING_GRID_LOOP(t, n * k) {
+  STRATA_GRID_LOOP(t, n * k) {
     const int64_t i = t / k;
     const int32_t e = t % k == 0 ? p.e1[i] : p.e2[i];
     const bool drop = e >= 0 && s.bernoulli(uint64_t(i * experts + expert_offset + e), prob);
@@ -186,7 +183,7 @@ __global__ void eom_keep_kernel(Packed p, int64_t n, int k, int64_t expert_offse
 }
 
 __global__ void gumbel_table_kernel(float* out, int64_t count) {
-  ROUTING_GRID_LOOP(m, count) {
+  STRATA_GRID_LOOP(m, count) {
     // PhiloxStream::uniform_open for a draw whose top 24 bits are m
     const float u = (float(uint32_t(m)) + 0.5f) * (1.0f / 16777216.0f);
     out[m] = -host_logf(-host_logf(u));

@@ -155,21 +155,6 @@ __global__ void backward_thread_kernel(const T* __restrict__ g, const T* __restr
 
 // ---------------------------------------------------------------- host helpers
 
-// Offsets of the lanes along `axis` (the other dims, row-major) in each operand.
-template <int N>
-StridedIndexer<N> lane_indexer(const std::array<const Tensor*, N>& ts, int64_t axis) {
-  std::array<Tensor, N> views;
-  std::array<const Tensor*, N> ptrs;
-  for (int k = 0; k < N; ++k) {
-    Shape s = ts[size_t(k)]->shape();
-    Strides st = ts[size_t(k)]->strides();
-    s.erase(s.begin() + axis);
-    st.erase(st.begin() + axis);
-    views[size_t(k)] = make_view(*ts[size_t(k)], s, st, ts[size_t(k)]->offset());
-    ptrs[size_t(k)] = &views[size_t(k)];
-  }
-  return make_indexer<N>(ptrs);
-}
 
 // A lane per thread pays off for strided lanes when there are enough of them
 // to fill the GPU; otherwise a block per lane.

@@ -109,6 +109,27 @@ StridedIndexer<N> make_indexer(const std::array<const Tensor*, N>& ts) {
   return ix;
 }
 
+// Offsets of the lanes along `axis` (the other dims, row-major) in each
+// operand: kernels that walk one axis per thread or block index lanes with it.
+template <int N>
+StridedIndexer<N> lane_indexer(const std::array<const Tensor*, N>& ts, int64_t axis) {
+  std::array<Tensor, N> views;
+  std::array<const Tensor*, N> ptrs;
+  for (int k = 0; k < N; ++k) {
+    Shape s = ts[size_t(k)]->shape();
+    Strides st = ts[size_t(k)]->strides();
+    s.erase(s.begin() + axis);
+    st.erase(st.begin() + axis);
+    views[size_t(k)] = make_view(*ts[size_t(k)], s, st, ts[size_t(k)]->offset());
+    ptrs[size_t(k)] = &views[size_t(k)];
+  }
+  return make_indexer<N>(ptrs);
+}
+
+// Grid-stride loop over [0, n) with 64-bit indices (grids are capped by blocks_for).
+#define STRATA_GRID_LOOP(i, n) \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); i += int64_t(gridDim.x) * blockDim.x)
+
 // Raw element-0 pointer of the storage (not of the view): kernels add the
 // indexer's offsets, which include the view offset.
 template <class T> T* storage_ptr(const Tensor& t) { return static_cast<T*>(t.impl().storage->data()); }
