@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "strata/backend/cuda/adam.h"
+#include "strata/backend/cuda/block_reduce.cuh"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/core/dispatch.h"
 #include "strata/train/adam.h"
@@ -64,18 +65,6 @@ __global__ void adam_strided_kernel(T* p, const G* g, T* __restrict__ m, T* __re
 
 constexpr int kMaxPartials = 1024;  // blocks per tensor (fixed: same order on every GPU)
 
-// Block-wide sum of one double per thread (kThreads threads), in a fixed tree.
-__device__ double block_sum(double x) {
-  __shared__ double s[kThreads];
-  s[threadIdx.x] = x;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (int(threadIdx.x) < w) s[threadIdx.x] += s[threadIdx.x + w];
-    __syncthreads();
-  }
-  return s[0];
-}
-
 template <class T>
 __global__ void sum_squares_contiguous_kernel(const T* __restrict__ x, int64_t n, double* __restrict__ partial) {
   double acc = 0.0;
@@ -83,7 +72,7 @@ __global__ void sum_squares_contiguous_kernel(const T* __restrict__ x, int64_t n
     const double v = double(load(x + i));
     acc += v * v;
   }
-  const double s = block_sum(acc);
+  const double s = ::strata::cuda::block_reduce(acc, ::strata::cuda::ReduceSum{});
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -96,7 +85,7 @@ __global__ void sum_squares_strided_kernel(const T* x, StridedIndexer<1> ix, int
     const double v = double(load(x + off[0]));
     acc += v * v;
   }
-  const double s = block_sum(acc);
+  const double s = ::strata::cuda::block_reduce(acc, ::strata::cuda::ReduceSum{});
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -104,7 +93,7 @@ __global__ void sum_squares_strided_kernel(const T* x, StridedIndexer<1> ix, int
 __global__ void sum_partials_kernel(const double* __restrict__ partial, int64_t n, double* __restrict__ out) {
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += partial[i];
-  const double s = block_sum(acc);
+  const double s = ::strata::cuda::block_reduce(acc, ::strata::cuda::ReduceSum{});
   if (threadIdx.x == 0) out[0] = s;
 }
 
