@@ -27,7 +27,7 @@ void add_into(Tensor& slot, const Tensor& g) {
 }
 }  // namespace
 
-void run_backward(const Tensor& root, const Tensor& grad_output) {
+void run_backward(const Tensor& root, const Tensor& grad_output, const LeafReadyFn& on_leaf_ready) {
   STRATA_CHECK(root.requires_grad() || root.grad_fn())
       << "backward: " << root.str() << " does not require grad (no recorded op produced it)";
   Tensor seed = grad_output;
@@ -43,6 +43,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     Tensor g = root.grad();
     add_into(g, seed.clone());
     root.set_grad(g);  // a leaf's gradient of itself
+    if (on_leaf_ready) on_leaf_ready(root);
     return;
   }
 
@@ -63,11 +64,28 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
   }
   std::sort(order.begin(), order.end(), [](Node* a, Node* b) { return a->sequence() > b->sequence(); });
 
+  // For on_leaf_ready: how many reachable nodes still have to add to each
+  // leaf (an input listed twice counts twice).
+  std::unordered_map<const TensorImpl*, int64_t> leaf_uses;
+  auto is_leaf = [](const Tensor& in) { return in.defined() && !in.grad_fn() && in.requires_grad(); };
+  if (on_leaf_ready)
+    for (Node* n : order)
+      for (const Tensor& in : n->inputs())
+        if (is_leaf(in)) ++leaf_uses[&in.impl()];
+  auto node_done = [&](Node* n) {
+    if (!on_leaf_ready) return;
+    for (const Tensor& in : n->inputs())
+      if (is_leaf(in) && --leaf_uses[&in.impl()] == 0) on_leaf_ready(in);
+  };
+
   std::unordered_map<Node*, Tensor> grads;
   grads[root.grad_fn().get()] = seed;
   for (Node* n : order) {
     auto it = grads.find(n);
-    if (it == grads.end()) continue;  // reachable only through inputs that need no grad
+    if (it == grads.end()) {  // reachable only through inputs that need no grad
+      node_done(n);
+      continue;
+    }
     Tensor g = it->second;
     grads.erase(it);
     std::vector<Tensor> in_grads = n->apply(g);
@@ -98,6 +116,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
         }
       }
     }
+    node_done(n);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <sstream>
+#include <unordered_map>
 
 #ifdef STRATA_WITH_CUDA
 #include "strata/backend/cuda/context.h"
@@ -119,81 +120,193 @@ std::vector<Bucket> plan_buckets(const std::vector<std::pair<DType, int64_t>>& p
   return out;
 }
 
-GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& params, const ParamFilter& select,
-                                   const GradSyncOptions& options) {
-  GradSyncStats st;
-  const std::vector<size_t> sel = selected(params, select);
-  if (comm.size() == 1) {
-    for (size_t i : sel) (checked_grad(params[i]).defined() ? st.params : st.without_grad) += 1;
-    return st;
-  }
-  const Device device = params_device(params, sel, "all_reduce_gradients");
-  // 1. Which parameters have a gradient on any rank (one small all-reduce),
-  //    so every rank builds the same buckets.
-  Tensor flags = Tensor::zeros({int64_t(sel.size())}, DType::I32);
-  for (size_t k = 0; k < sel.size(); ++k) flags.data<int32_t>()[k] = checked_grad(params[sel[k]]).defined() ? 1 : 0;
-  const Device flags_device = bookkeeping_device(comm);
-  if (flags_device.is_cpu()) {
-    comm.all_reduce(flags, ReduceOp::Max);
-  } else {
-    Tensor on_device = flags.to(flags_device);
-    comm.all_reduce(on_device, ReduceOp::Max);
-    flags = on_device.to(Device::cpu());
-  }
-  const int32_t* f = flags.data<int32_t>();
-  std::vector<size_t> active;
-  std::vector<std::pair<DType, int64_t>> shapes;
-  for (size_t k = 0; k < sel.size(); ++k) {
-    if (!f[k]) {
-      ++st.without_grad;
-      continue;
-    }
-    const Tensor& p = params[sel[k]].second;
-    active.push_back(sel[k]);
-    shapes.emplace_back(p.dtype(), p.numel());
-  }
-  // 2. One all-reduce per bucket.
-  Tensor buf;
-  for (const Bucket& b : plan_buckets(shapes, options.bucket_bytes)) {
-    ++st.buckets;
-    st.bytes += b.numel * int64_t(dtype_size(b.dtype));
-    st.params += int64_t(b.params.size());
-    if (b.params.size() == 1) {  // a large parameter: no packing when its gradient allows
-      const auto& p = params[active[b.params[0]]];
-      Tensor g = checked_grad(p);
-      if (g.defined() && g.is_contiguous()) {
-        comm.all_reduce(g, ReduceOp::Sum);
-        continue;
+// Buckets follow `order` (positions in the selected list, reverse
+// registration order); Bucket::params holds positions in `order`.
+struct GradientReducer::State {
+  Communicator& comm;
+  NamedTensors params;
+  GradSyncOptions options;
+  std::vector<size_t> order;  // indices into params, in bucket order
+  std::vector<Bucket> buckets;
+  std::unordered_map<const TensorImpl*, size_t> position;  // parameter -> position in order
+  std::vector<size_t> bucket_of;                           // position -> bucket
+  std::vector<char> ready;                                 // position -> gradient final
+  std::vector<char> had_grad;                              // position -> had one when packed
+  std::vector<Tensor> stash;      // position -> reduced values of a parameter without a local gradient
+  std::vector<int64_t> missing;   // bucket -> parameters not yet ready
+  struct Flight {
+    Tensor flat;                  // the packed buffer (undefined: reduced in place)
+    std::unique_ptr<PendingCollective> pending;
+    bool written = false;         // sums are in the gradients (or the stash)
+  };
+  std::vector<Flight> flights;    // bucket -> its all-reduce
+  Tensor spare;                   // a packed buffer whose collective is over
+  size_t next = 0;                // first bucket not started
+  int64_t early = 0;
+  bool finished = false;
+  Device device = Device::cpu();
+
+  State(Communicator& c, NamedTensors p, GradSyncOptions o) : comm(c), params(std::move(p)), options(o) {}
+
+  const std::pair<std::string, Tensor>& param_at(size_t pos) const { return params[order[pos]]; }
+
+  void start(size_t k) {
+    const Bucket& b = buckets[k];
+    Flight& f = flights[k];
+    for (size_t pos : b.params) had_grad[pos] = checked_grad(param_at(pos)).defined() ? 1 : 0;
+    if (b.params.size() == 1 && had_grad[b.params[0]]) {  // a large parameter: no packing when its gradient allows
+      Tensor g = param_at(b.params[0]).second.grad();
+      if (g.is_contiguous()) {
+        f.pending = comm.all_reduce_start(g, ReduceOp::Sum);
+        return;
       }
     }
-    if (!buf.defined() || buf.dtype() != b.dtype || buf.numel() < b.numel)
-      buf = Tensor::empty({b.numel}, b.dtype, device);
-    Tensor flat = buf.narrow(0, 0, b.numel);
+    if (spare.defined() && spare.dtype() == b.dtype && spare.numel() >= b.numel)
+      f.flat = spare.narrow(0, 0, b.numel);
+    else
+      f.flat = Tensor::empty({b.numel}, b.dtype, device);
+    spare = Tensor();
     int64_t off = 0;
-    for (size_t j : b.params) {
-      const auto& p = params[active[j]];
-      Tensor slice = flat.narrow(0, off, p.second.numel()).view(p.second.shape());
-      Tensor g = checked_grad(p);
-      if (g.defined())
-        copy_into(slice, g);
+    for (size_t pos : b.params) {
+      const Tensor& p = param_at(pos).second;
+      Tensor slice = f.flat.narrow(0, off, p.numel()).view(p.shape());
+      if (had_grad[pos])
+        copy_into(slice, p.grad());
       else
         zero_into(slice);
-      off += p.second.numel();
+      off += p.numel();
     }
-    comm.all_reduce(flat, ReduceOp::Sum);
-    off = 0;
-    for (size_t j : b.params) {
-      const auto& p = params[active[j]];
-      Tensor slice = flat.narrow(0, off, p.second.numel()).view(p.second.shape());
-      Tensor g = checked_grad(p);
-      if (g.defined())
-        copy_into(g, slice);
+    f.pending = comm.all_reduce_start(f.flat, ReduceOp::Sum);
+  }
+
+  // After the bucket's all-reduce: sums into the local gradients, or kept
+  // for a parameter without one until finish() knows whether any rank had one.
+  void write_back(size_t k) {
+    Flight& f = flights[k];
+    if (f.written) return;
+    f.pending->wait();
+    f.written = true;
+    if (!f.flat.defined()) return;  // reduced in place
+    int64_t off = 0;
+    for (size_t pos : buckets[k].params) {
+      const Tensor& p = param_at(pos).second;
+      Tensor slice = f.flat.narrow(0, off, p.numel()).view(p.shape());
+      if (had_grad[pos])
+        copy_into(p.grad(), slice);
       else
-        p.second.set_grad(fresh_copy(slice));
-      off += p.second.numel();
+        stash[pos] = fresh_copy(slice);
+      off += p.numel();
+    }
+    // Reused by the next bucket: the collective is over and, on a GPU, the
+    // compute stream (which fills the next bucket) is ordered after it.
+    if (!spare.defined() || spare.numel() < f.flat.numel()) spare = f.flat;
+    f.flat = Tensor();
+  }
+
+  // Starts buckets in order while the next one is complete.
+  void start_ready_buckets() {
+    while (next < buckets.size() && missing[next] == 0) {
+      start(next);
+      // A collective that is already over (MPI's blocking path) frees its
+      // buffer now, so at most one packed buffer exists at a time.
+      if (flights[next].pending->done()) write_back(next);
+      ++next;
     }
   }
-  return st;
+};
+
+GradientReducer::GradientReducer(Communicator& comm, const NamedTensors& params, const ParamFilter& select,
+                                 const GradSyncOptions& options)
+    : s_(std::make_unique<State>(comm, params, options)) {
+  State& st = *s_;
+  std::vector<size_t> sel = selected(st.params, select);
+  st.order.assign(sel.rbegin(), sel.rend());
+  if (comm.size() == 1) return;
+  st.device = params_device(st.params, sel, "all_reduce_gradients");
+  std::vector<std::pair<DType, int64_t>> shapes;
+  for (size_t pos = 0; pos < st.order.size(); ++pos) {
+    const Tensor& p = st.param_at(pos).second;
+    shapes.emplace_back(p.dtype(), p.numel());
+    st.position[&p.impl()] = pos;
+  }
+  st.buckets = plan_buckets(shapes, options.bucket_bytes);
+  st.bucket_of.resize(st.order.size());
+  st.missing.resize(st.buckets.size());
+  for (size_t k = 0; k < st.buckets.size(); ++k) {
+    for (size_t pos : st.buckets[k].params) st.bucket_of[pos] = k;
+    st.missing[k] = int64_t(st.buckets[k].params.size());
+  }
+  st.ready.assign(st.order.size(), 0);
+  st.had_grad.assign(st.order.size(), 0);
+  st.stash.resize(st.order.size());
+  st.flights.resize(st.buckets.size());
+}
+
+GradientReducer::~GradientReducer() = default;
+
+void GradientReducer::gradient_ready(const Tensor& leaf) {
+  State& st = *s_;
+  if (st.finished || st.comm.size() == 1) return;
+  auto it = st.position.find(&leaf.impl());
+  if (it == st.position.end() || st.ready[it->second]) return;
+  st.ready[it->second] = 1;
+  --st.missing[st.bucket_of[it->second]];
+  const size_t before = st.next;
+  st.start_ready_buckets();
+  st.early += int64_t(st.next - before);
+}
+
+int64_t GradientReducer::started_early() const { return s_->early; }
+
+GradSyncStats GradientReducer::finish() {
+  State& st = *s_;
+  STRATA_CHECK(!st.finished) << "GradientReducer::finish called twice";
+  st.finished = true;
+  GradSyncStats out;
+  if (st.comm.size() == 1) {
+    for (size_t pos = 0; pos < st.order.size(); ++pos)
+      (checked_grad(st.param_at(pos)).defined() ? out.params : out.without_grad) += 1;
+    return out;
+  }
+  // 1. Every bucket started, in order (the rest had parameters this rank's
+  //    backward never reached).
+  for (size_t k = 0; k < st.buckets.size(); ++k) st.missing[k] = 0;
+  st.start_ready_buckets();
+  // 2. Which parameters have a gradient on any rank (one small all-reduce,
+  //    after every bucket on every rank).
+  const size_t n = st.order.size();
+  Tensor flags = Tensor::zeros({int64_t(n)}, DType::I32);
+  for (size_t pos = 0; pos < n; ++pos) flags.data<int32_t>()[pos] = st.had_grad[pos];
+  const Device flags_device = bookkeeping_device(st.comm);
+  if (flags_device.is_cpu()) {
+    st.comm.all_reduce(flags, ReduceOp::Max);
+  } else {
+    Tensor on_device = flags.to(flags_device);
+    st.comm.all_reduce(on_device, ReduceOp::Max);
+    flags = on_device.to(Device::cpu());
+  }
+  // 3. Sums into the gradients.
+  for (size_t k = 0; k < st.buckets.size(); ++k) {
+    st.write_back(k);
+    out.buckets += 1;
+    out.bytes += st.buckets[k].numel * int64_t(dtype_size(st.buckets[k].dtype));
+  }
+  const int32_t* f = flags.data<int32_t>();
+  for (size_t pos = 0; pos < n; ++pos) {
+    if (!f[pos]) {
+      ++out.without_grad;
+      continue;
+    }
+    ++out.params;
+    if (!st.had_grad[pos]) st.param_at(pos).second.set_grad(std::move(st.stash[pos]));
+  }
+  return out;
+}
+
+GradSyncStats all_reduce_gradients(Communicator& comm, const NamedTensors& params, const ParamFilter& select,
+                                   const GradSyncOptions& options) {
+  GradientReducer reducer(comm, params, select, options);
+  return reducer.finish();
 }
 
 std::vector<int64_t> parameter_hashes(const NamedTensors& params, const ParamFilter& select) {

@@ -8,6 +8,7 @@
 #include <exception>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "strata/backend/cuda/context.h"
 
@@ -141,12 +142,12 @@ struct NcclCommunicator::Impl {
     }
   }
 
-  // Waits for `done` (the collective's end on the comm stream), watching for
+  // Waits for `event` (a collective's end on the comm stream), watching for
   // NCCL's asynchronous errors and the timeout.
-  void wait_done(const char* op) {
+  void wait_event(const char* op, cudaEvent_t event) {
     const auto t0 = Clock::now();
     for (uint64_t i = 0;; ++i) {
-      const cudaError_t e = cudaEventQuery(done);
+      const cudaError_t e = cudaEventQuery(event);
       if (e == cudaSuccess) return;
       if (e != cudaErrorNotReady) fail(op, std::string("CUDA error: ") + cudaGetErrorString(e));
       (void)cudaGetLastError();  // "not ready" is no error; do not leave it for the next launch check
@@ -161,20 +162,27 @@ struct NcclCommunicator::Impl {
     }
   }
 
-  // One collective: comm stream after the compute stream's pending work,
-  // `enqueue(stream)` issues the NCCL calls, compute stream after the
-  // collective, host waits for it.
+  // Issues one collective: comm stream after the compute stream's pending
+  // work, `enqueue(stream)` makes the NCCL calls, `end` is recorded on the
+  // comm stream after them.
   template <class Enqueue>
-  void run(const char* op, Enqueue&& enqueue) {
+  void enqueue_after_compute(const char* op, cudaEvent_t end, Enqueue&& enqueue) {
     check_usable(op);
-    const cudaStream_t compute = cuda::compute_stream(), cs = cuda::comm_stream();
-    STRATA_CUDA_CHECK(cudaEventRecord(ready, compute));
+    const cudaStream_t cs = cuda::comm_stream();
+    STRATA_CUDA_CHECK(cudaEventRecord(ready, cuda::compute_stream()));
     STRATA_CUDA_CHECK(cudaStreamWaitEvent(cs, ready, 0));
     enqueue(cs);
     settle(op);
-    STRATA_CUDA_CHECK(cudaEventRecord(done, cs));
-    STRATA_CUDA_CHECK(cudaStreamWaitEvent(compute, done, 0));
-    wait_done(op);
+    STRATA_CUDA_CHECK(cudaEventRecord(end, cs));
+  }
+
+  // One blocking collective: issued as above, compute stream after it, host
+  // waits for it.
+  template <class Enqueue>
+  void run(const char* op, Enqueue&& enqueue) {
+    enqueue_after_compute(op, done, std::forward<Enqueue>(enqueue));
+    STRATA_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), done, 0));
+    wait_event(op, done);
   }
 
   void check_device(const Tensor& t, const char* op, const char* what) const {
@@ -207,6 +215,49 @@ struct NcclCommunicator::Impl {
 };
 
 #define STRATA_NCCL_COMM_CALL(impl, op, call) (impl).check((call), (op), #call, __FILE__, __LINE__)
+
+namespace {
+
+// An all-reduce in flight on the comm stream. It holds the buffer (so the
+// caching allocator cannot hand its memory to a compute kernel while NCCL
+// still writes it) and its own end event (several may be in flight).
+class NcclPendingAllReduce final : public PendingCollective {
+ public:
+  NcclPendingAllReduce(NcclCommunicator::Impl& c, Tensor buffer) : c_(c), buffer_(std::move(buffer)) {
+    STRATA_CUDA_CHECK(cudaEventCreateWithFlags(&end_, cudaEventDisableTiming));
+  }
+  NcclPendingAllReduce(const NcclPendingAllReduce&) = delete;
+  NcclPendingAllReduce& operator=(const NcclPendingAllReduce&) = delete;
+  ~NcclPendingAllReduce() override {
+    // Never waited for (an exception unwinds): keep the compute stream, which
+    // may reuse the buffer's memory once it is freed, behind the collective.
+    // After an abort the collective's kernel has been freed, so this ends.
+    if (!waited_ && issued_) (void)cudaStreamWaitEvent(cuda::compute_stream(), end_, 0);
+    (void)cudaEventDestroy(end_);
+  }
+
+  cudaEvent_t end() const { return end_; }
+  // Not queried: a host poll in the middle of the backward is what overlap avoids.
+  bool done() const override { return waited_; }
+  void issued() { issued_ = true; }
+
+  void wait() override {
+    if (waited_) return;
+    waited_ = true;
+    if (!issued_) return;  // an empty buffer: nothing was enqueued
+    STRATA_CUDA_CHECK(cudaStreamWaitEvent(cuda::compute_stream(), end_, 0));
+    c_.check_usable("all_reduce");      // aborted by another collective meanwhile
+    c_.wait_event("all_reduce", end_);  // the host sees a failed or silent peer here
+  }
+
+ private:
+  NcclCommunicator::Impl& c_;
+  Tensor buffer_;
+  cudaEvent_t end_ = nullptr;
+  bool issued_ = false, waited_ = false;
+};
+
+}  // namespace
 
 NcclCommunicator::Impl::~Impl() {
   if (comm && !aborted) {
@@ -325,6 +376,21 @@ void NcclCommunicator::all_reduce(const Tensor& t, ReduceOp op) {
                           ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()), nccl_type(t.dtype()),
                                         nccl_op(op), c.comm, s));
   });
+}
+
+std::unique_ptr<PendingCollective> NcclCommunicator::all_reduce_start(const Tensor& t, ReduceOp op) {
+  validate_all_reduce(t, *this);
+  Impl& c = *impl_;
+  c.check_device(t, "all_reduce", "buffer");
+  auto pending = std::make_unique<NcclPendingAllReduce>(c, t);
+  if (t.numel() == 0) return pending;
+  c.enqueue_after_compute("all_reduce", pending->end(), [&](cudaStream_t s) {
+    STRATA_NCCL_COMM_CALL(c, "all_reduce",
+                          ncclAllReduce(t.raw_data(), t.raw_data(), size_t(t.numel()), nccl_type(t.dtype()),
+                                        nccl_op(op), c.comm, s));
+  });
+  pending->issued();
+  return pending;
 }
 
 double NcclCommunicator::all_reduce_scalar(double v, ReduceOp op) {

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include "strata/autograd/node.h"
 #include "strata/autograd/ops.h"
 #include "strata/config/config.h"
 #include "strata/core/grad_mode.h"
@@ -111,6 +112,9 @@ class RoutedCommunicator final : public dist::Communicator {
   int size() const override { return host_->size(); }
   std::string name() const override { return host_->name() + " + " + device_->name(); }
   void all_reduce(const Tensor& t, dist::ReduceOp op) override { pick(t).all_reduce(t, op); }
+  std::unique_ptr<dist::PendingCollective> all_reduce_start(const Tensor& t, dist::ReduceOp op) override {
+    return pick(t).all_reduce_start(t, op);
+  }
   double all_reduce_scalar(double v, dist::ReduceOp op) override { return host_->all_reduce_scalar(v, op); }
   int64_t all_reduce_int(int64_t v, dist::ReduceOp op) override { return host_->all_reduce_int(v, op); }
   void all_to_all(const Tensor& send, const Tensor& recv) override { pick(send).all_to_all(send, recv); }
@@ -468,7 +472,20 @@ UpdateStats Trainer::train_update() {
   const int64_t V = model_->vocab_size();
   const int64_t update = state_.update;
   if (scaler_) st.loss_scale = scaler_->scale();
-  for (auto& [slot, refs] : window_batches()) {
+  dist::Communicator& coll = collectives_ ? *collectives_ : *comm_;
+  // Data parallelism: the last backward of the window starts each gradient
+  // bucket's all-reduce as soon as the bucket is complete, so on GPUs the
+  // reduction overlaps the rest of the backward. Under expert parallelism
+  // the backward runs its own all-to-alls, and a bucket started between two
+  // of them on one rank but not on another would deadlock the comm stream,
+  // so the buckets go after the backward there (docs/distributed.md, "Overlap").
+  std::unique_ptr<dist::GradientReducer> overlapped;
+  if (comm_->size() > 1 && !expert_parallel(cfg_, *comm_))
+    overlapped = std::make_unique<dist::GradientReducer>(coll, model_->named_parameters());
+  auto batches = window_batches();
+  for (size_t bi = 0; bi < batches.size(); ++bi) {
+    auto& refs = batches[bi].second;
+    const int64_t slot = batches[bi].first;
     Generator gen(batch_stream_seed(uint64_t(cfg_.train.seed), update, slot));
     nn::AuxLosses aux;
     nn::ForwardContext ctx{true, &gen, cfg_.moe.enabled() ? &aux : nullptr};
@@ -500,16 +517,16 @@ UpdateStats Trainer::train_update() {
     }
     // fp16: the scaled loss keeps small gradients representable; the scale is
     // divided out with the token normalisation below.
-    if (scaler_)
-      (loss * scaler_->scale()).backward();
-    else
-      loss.backward();
+    if (scaler_) loss = loss * scaler_->scale();
+    autograd::LeafReadyFn on_ready;
+    if (overlapped && bi + 1 == batches.size())
+      on_ready = [&overlapped](const Tensor& leaf) { overlapped->gradient_ready(leaf); };
+    autograd::run_backward(loss, Tensor(), on_ready);
     st.loss_sum += ce.loss.item();
     st.nll_sum += ce.nll.item();
     st.tokens += ce.tokens;
     ++st.batches;
   }
-  dist::Communicator& coll = collectives_ ? *collectives_ : *comm_;
   if (comm_->size() > 1) {
     // Global sums: the loss for logging, the token count for the normalisation.
     Tensor s = Tensor::from_vector(std::vector<double>{st.loss_sum, st.nll_sum, double(st.tokens), st.aux_loss_sum,
@@ -533,8 +550,14 @@ UpdateStats Trainer::train_update() {
       dist::all_reduce_gradients(coll, model_->named_parameters(), is_shared_param);
       if (groups_->placement.replicas > 1)
         dist::all_reduce_gradients(*groups_->replica, model_->named_parameters(), is_expert_param);
-    } else
-      dist::all_reduce_gradients(coll, model_->named_parameters());
+    } else {
+      const dist::GradSyncStats gs = overlapped->finish();
+      if (!overlap_logged_) {
+        overlap_logged_ = true;
+        log_ << "gradient all-reduce: " << gs.buckets << " buckets, " << overlapped->started_early()
+             << " started during the backward" << std::endl;
+      }
+    }
   }
   if (st.batches > 0) st.gate_loss /= double(st.batches);
   std::vector<Tensor> params = model_->parameters();

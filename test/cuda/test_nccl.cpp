@@ -215,6 +215,43 @@ TEST_CASE("NCCL collectives see compute-stream writes and large payloads arrive 
   CHECK(values(big) == values(iota(3 << 20, -5e5 + (W - 1), DType::F32)));
 }
 
+TEST_CASE("NCCL all_reduce_start leaves several reductions in flight and wait() orders the compute stream", "[cuda][nccl]") {
+  dist::NcclCommunicator& c = nccl();
+  const int W = c.size(), me = c.rank();
+  // Three buffers filled on the compute stream just before their start, so
+  // the comm stream must wait for those writes; read back on the compute
+  // stream right after wait(), which must see the sums.
+  std::vector<Tensor> bufs;
+  std::vector<std::unique_ptr<dist::PendingCollective>> pending;
+  const int64_t sizes[] = {7, 1 << 20, 3 << 20};
+  for (int k = 0; k < 3; ++k) {
+    Tensor t = Tensor::empty({sizes[k]}, DType::F32, gpu_device());
+    t.copy_(on_gpu(iota(sizes[k], 100.0 * k + me, DType::F32)));
+    pending.push_back(c.all_reduce_start(t, ReduceOp::Sum));
+    bufs.push_back(t);
+  }
+  for (auto& p : pending) CHECK_FALSE(p->done());  // nothing polls the device before wait()
+  for (int k = 2; k >= 0; --k) {  // waiting out of order is allowed
+    pending[size_t(k)]->wait();
+    CHECK(pending[size_t(k)]->done());
+    pending[size_t(k)]->wait();  // a second wait returns at once
+  }
+  for (int k = 0; k < 3; ++k) {
+    // sum over ranks of (100 k + r + i) = W (100 k + i) + W (W - 1) / 2
+    std::vector<double> want;
+    for (int64_t i = 0; i < sizes[k]; ++i) want.push_back(double(W) * (100.0 * k + double(i)) + W * (W - 1) / 2.0);
+    CHECK(values(bufs[size_t(k)]) == as_stored(want, DType::F32));
+  }
+  // an empty buffer, and a handle dropped without wait() (it orders the
+  // compute stream after itself, so the buffer may be freed at once)
+  c.all_reduce_start(on_gpu(Tensor::zeros({0})), ReduceOp::Sum)->wait();
+  {
+    Tensor t = on_gpu(iota(1000, me, DType::F32));
+    auto dropped = c.all_reduce_start(t, ReduceOp::Max);
+  }
+  c.barrier();
+}
+
 TEST_CASE("NCCL split groups ranks by color and orders them by key", "[cuda][nccl]") {
   dist::NcclCommunicator& c = nccl();
   const int W = c.size(), me = c.rank();

@@ -1,5 +1,9 @@
 // Tests of the tape itself, with ops defined here through autograd::record so
 // they do not depend on the backend op set.
+#include <map>
+#include <set>
+#include <string>
+
 #include "strata/autograd/node.h"
 #include "strata/autograd/ops_view.h"
 #include "strata/core/dispatch.h"
@@ -178,4 +182,59 @@ TEST_CASE("gradcheck catches a wrong backward", "[autograd]") {
   autograd::GradcheckResult r = autograd::gradcheck(wrong, {test::grad_input({3}, 1)});
   CHECK(!r.ok);
   CHECK(r.report.find("input 0 element 0") != std::string::npos);
+}
+
+TEST_CASE("on_leaf_ready reports each leaf once, when its gradient is final", "[autograd]") {
+  // w1 feeds the first op, w2 the last; x is used twice (by the first and the
+  // last op); unused is never reached.
+  Tensor w1 = Tensor::from_vector<double>({1, 2}, {2}).set_requires_grad();
+  Tensor w2 = Tensor::from_vector<double>({3, -1}, {2}).set_requires_grad();
+  Tensor x = Tensor::from_vector<double>({2, 5}, {2}).set_requires_grad();
+  Tensor unused = Tensor::from_vector<double>({7}, {1}).set_requires_grad();
+  Tensor h = mul(w1, x);        // first op
+  Tensor y = mul(scale(h, 3), w2);
+  Tensor z = mul(y, x);         // last op: 3 w1 w2 x^2
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<double>> at_ready;
+  auto name_of = [&](const Tensor& t) {
+    if (t.same(w1)) return std::string("w1");
+    if (t.same(w2)) return std::string("w2");
+    if (t.same(x)) return std::string("x");
+    return std::string("other");
+  };
+  autograd::run_backward(z, Tensor::ones({2}, DType::F64), [&](const Tensor& leaf) {
+    order.push_back(name_of(leaf));
+    at_ready[order.back()] = leaf.grad().to_vector<double>();
+  });
+  // w2 is done after the second op from the end; x and w1 only after the first op.
+  REQUIRE(order.size() == 3);
+  CHECK(order[0] == "w2");
+  CHECK(std::set<std::string>(order.begin() + 1, order.end()) == std::set<std::string>{"w1", "x"});
+  // the gradient seen at the report is the final one
+  for (const auto& [name, t] : {std::pair<std::string, Tensor>{"w1", w1}, {"w2", w2}, {"x", x}})
+    CHECK(at_ready[name] == t.grad().to_vector<double>());
+  test::require_close(x.grad(), {2 * 3 * 1 * 3 * 2.0, 2 * 3 * 2 * -1 * 5.0});
+  CHECK(!unused.grad().defined());
+}
+
+TEST_CASE("on_leaf_ready also reports leaves behind nodes that receive no gradient", "[autograd]") {
+  // first_of(p, q) = p, with no gradient for q: q's node is reachable but
+  // never runs, so b is reported with no gradient and a with its own.
+  auto first_of = [](const Tensor& p, const Tensor& q) {
+    return autograd::record("first_of", p.detach().clone(), {p, q},
+                            [](const Tensor& g) -> std::vector<Tensor> { return {g.clone(), Tensor()}; });
+  };
+  Tensor a = Tensor::from_vector<double>({2}, {1}).set_requires_grad();
+  Tensor b = Tensor::from_vector<double>({4}, {1}).set_requires_grad();
+  Tensor unrelated = Tensor::from_vector<double>({1}, {1}).set_requires_grad();
+  Tensor z = first_of(scale(a, 3), scale(b, 2));
+  (void)scale(unrelated, 2);  // not reachable from z: never reported
+  std::set<std::string> reported;
+  autograd::run_backward(z, Tensor::ones({1}, DType::F64), [&](const Tensor& leaf) {
+    CHECK(!leaf.same(unrelated));
+    reported.insert(leaf.same(a) ? "a" : leaf.same(b) ? "b" : "?");
+    if (leaf.same(b)) CHECK(!leaf.grad().defined());
+  });
+  CHECK(reported == std::set<std::string>{"a", "b"});
+  test::require_close(a.grad(), {3});
 }

@@ -9,6 +9,8 @@
 #include <memory>
 #include <set>
 
+#include "strata/autograd/node.h"
+#include "strata/autograd/ops.h"
 #include "strata/core/philox.h"
 #include "strata/dist/agree.h"
 #include "strata/dist/environment.h"
@@ -413,10 +415,151 @@ TEST_CASE("all_reduce_gradients sums the selected gradients over the world", "[d
   REQUIRE(st.without_grad == 1);
   if (W > 1) {
     REQUIRE(st.params == 4);
-    // 48 B: [a] [b] [c] [only_rank0], each alone; 25 MB: [a b] [c] [only_rank0] (a dtype change starts a bucket)
+    // Buckets in reverse registration order, every selected parameter moved:
+    // 48 B: [never only_rank0] [c] [b] [a]; 25 MB: [never only_rank0] [c] [b a]
+    // (a dtype change starts a bucket)
     REQUIRE(st.buckets == (bucket == 48 ? 4 : 3));
   } else {
     REQUIRE(st.buckets == 0);
+  }
+}
+
+namespace {
+
+// A two-rank communicator whose peer always holds the same values as this
+// rank: a sum doubles the buffer, max and min keep it. Started all-reduces
+// stay "in flight" until waited for (as on NCCL), so the reducer's deferred
+// write-back is exercised; `log` records the calls in order.
+class MirrorCommunicator final : public dist::Communicator {
+ public:
+  std::vector<std::string> log;
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string name() const override { return "mirror"; }
+  void all_reduce(const Tensor& t, ReduceOp op) override {
+    log.push_back("all_reduce " + std::to_string(t.numel()));
+    if (op == ReduceOp::Sum) double_in_place(t);
+  }
+  std::unique_ptr<dist::PendingCollective> all_reduce_start(const Tensor& t, ReduceOp op) override {
+    log.push_back("start " + std::to_string(t.numel()));
+    struct Pending final : dist::PendingCollective {
+      Tensor t;
+      bool sum, waited = false;
+      void wait() override {
+        if (!waited && sum) double_in_place(t);
+        waited = true;
+      }
+      bool done() const override { return waited; }
+    };
+    auto p = std::make_unique<Pending>();
+    p->t = t;
+    p->sum = op == ReduceOp::Sum;
+    return p;
+  }
+  double all_reduce_scalar(double v, ReduceOp) override { return v; }
+  int64_t all_reduce_int(int64_t v, ReduceOp) override { return v; }
+  void all_to_all(const Tensor&, const Tensor&) override { FAIL("not used"); }
+  void all_gather(const Tensor&, const Tensor&) override { FAIL("not used"); }
+  void broadcast(const Tensor&, int) override { FAIL("not used"); }
+  void barrier() override {}
+  std::unique_ptr<dist::Communicator> split(int, int) override { return nullptr; }
+
+ private:
+  static void double_in_place(const Tensor& t) { t.copy_(mul(t.to(DType::F64), 2.0).to(t.dtype())); }
+};
+
+}  // namespace
+
+TEST_CASE("GradientReducer starts buckets during the backward, in order, and sums like the blocking path", "[dist]") {
+  // y = sum(w3 * (w2 * (w1 * x))): the backward finishes w3 first, w1 last.
+  // `skipped` is registered between w1 and w2 but not used, so its bucket
+  // (and every later one) waits for finish().
+  auto leaf = [](uint64_t seed) {
+    Tensor t = Tensor::uniform({5}, seed, 0, -1.0, 1.0, DType::F32);
+    t.set_requires_grad(true);
+    return t;
+  };
+  dist::NamedTensors params{{"w1", leaf(1)}, {"skipped", leaf(2)}, {"w2", leaf(3)}, {"w3", leaf(4)}};
+  const Tensor x = Tensor::uniform({5}, 9, 0, -1.0, 1.0, DType::F32);
+  auto loss = [&] { return sum(mul(params[3].second, mul(params[2].second, mul(params[0].second, x)))); };
+  // Reference: one process's gradients, doubled by the mirror peer.
+  loss().backward();
+  std::vector<Tensor> expected;
+  for (auto& [name, p] : params) {
+    expected.push_back(p.grad().defined() ? mul(p.grad(), 2.0) : Tensor());
+    p.zero_grad();
+  }
+
+  MirrorCommunicator comm;
+  dist::GradSyncOptions opt;
+  opt.bucket_bytes = 20;  // one 5-float parameter per bucket
+  dist::GradientReducer reducer(comm, params, {}, opt);
+  std::vector<size_t> starts_at_report;
+  autograd::run_backward(loss(), Tensor(), [&](const Tensor& leaf) {
+    reducer.gradient_ready(leaf);
+    starts_at_report.push_back(comm.log.size());
+  });
+  // w3's bucket starts at its report, inside the backward; then w2's.
+  REQUIRE(starts_at_report.size() == 3);
+  CHECK(starts_at_report[0] == 1);
+  CHECK(reducer.started_early() == 2);
+  CHECK(comm.log == std::vector<std::string>{"start 5", "start 5"});
+  const dist::GradSyncStats st = reducer.finish();
+  // then the skipped one and w1, then the gradient flags
+  CHECK(comm.log == std::vector<std::string>{"start 5", "start 5", "start 5", "start 5", "all_reduce 4"});
+  CHECK(st.buckets == 4);
+  CHECK(st.params == 3);
+  CHECK(st.without_grad == 1);
+  for (size_t k = 0; k < params.size(); ++k) {
+    INFO(params[k].first);
+    if (expected[k].defined())
+      test::require_close(params[k].second.grad(), expected[k], 0, 0);
+    else
+      CHECK(!params[k].second.grad().defined());
+  }
+  REQUIRE_THROWS_WITH(reducer.finish(), Catch::Contains("twice"));
+}
+
+TEST_CASE("GradientReducer gives every rank the sums whatever order its gradients became ready in", "[dist]") {
+  dist::Communicator& c = world();
+  const int W = c.size(), me = c.rank();
+  const size_t bucket = GENERATE(size_t(40), size_t(1) << 20);
+  const size_t n = 6;
+  dist::NamedTensors params;
+  for (size_t k = 0; k < n; ++k) {
+    Tensor t = Tensor::zeros({int64_t(3 + k)}, DType::F32);
+    t.set_requires_grad(true);
+    params.emplace_back("p" + std::to_string(k), t);
+  }
+  auto grad_of = [&](size_t k, int r) { return Tensor::uniform({int64_t(3 + k)}, 100 * k + uint64_t(r), 0, -1.0, 1.0, DType::F32); };
+  // rank 1 has no gradient for p2; nobody has one for p5
+  auto has = [](size_t k, int r) { return k != 5 && !(k == 2 && r == 1); };
+  for (size_t k = 0; k < n; ++k)
+    if (has(k, me)) params[k].second.set_grad(grad_of(k, me));
+  dist::GradSyncOptions opt;
+  opt.bucket_bytes = bucket;
+  dist::GradientReducer reducer(c, params, {}, opt);
+  // Each rank reports a different subset in a different order; the rest is
+  // left to finish().
+  for (size_t j = 0; j < n; ++j) {
+    const size_t k = (j * size_t(me + 1) + size_t(me)) % n;
+    if ((k + size_t(me)) % 3 != 0) reducer.gradient_ready(params[k].second);
+  }
+  reducer.finish();
+  for (size_t k = 0; k < n; ++k) {
+    INFO("p" << k << " on rank " << me);
+    if (k == 5) {
+      CHECK(!params[k].second.grad().defined());
+      continue;
+    }
+    std::vector<double> e(3 + k, 0.0);
+    for (int r = 0; r < W; ++r)
+      if (has(k, r)) {
+        std::vector<double> g = values(grad_of(k, r));
+        for (size_t i = 0; i < e.size(); ++i) e[i] += g[i];
+      }
+    std::vector<double> got = values(params[k].second.grad());
+    for (size_t i = 0; i < e.size(); ++i) REQUIRE(got[i] == Approx(e[i]).epsilon(1e-5).margin(1e-6));
   }
 }
 

@@ -41,8 +41,17 @@ bool any_needs_grad(const std::vector<Tensor>& inputs);
 // `out` itself, so the graph holds no reference cycle.
 Tensor record(const char* name, Tensor out, std::vector<Tensor> inputs, BackwardFn fn);
 
+// Called with a leaf (a tensor that requires grad and has no grad_fn) as soon
+// as this backward has added its last contribution to the leaf's gradient:
+// every recorded node that takes the leaf as an input has run (or has been
+// passed over for lack of a gradient). Leaves the backward never reaches are
+// not reported. The data-parallel gradient reduction starts a bucket's
+// all-reduce from here while the rest of the backward runs
+// (dist::GradientReducer).
+using LeafReadyFn = std::function<void(const Tensor& leaf)>;
+
 // Runs reverse mode from `root` with seed gradient `grad_output` (ones for a
 // single-element root when undefined). Leaves that require grad accumulate.
-void run_backward(const Tensor& root, const Tensor& grad_output);
+void run_backward(const Tensor& root, const Tensor& grad_output, const LeafReadyFn& on_leaf_ready = {});
 
 }  // namespace strata::autograd

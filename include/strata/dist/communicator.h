@@ -23,6 +23,23 @@ namespace strata::dist {
 enum class ReduceOp { Sum, Max, Min };
 const char* to_string(ReduceOp op);
 
+// A collective started by Communicator::all_reduce_start. wait() returns once
+// the result is in the buffer for the caller's next use (on a GPU: once the
+// compute stream is ordered after the collective) and throws as the blocking
+// call would (a failed or timed-out peer). The buffer must stay alive and
+// untouched until then. Destroying a handle that was never waited for orders
+// the compute stream after the collective without blocking the host, so the
+// buffer's memory is safe to reuse; it reports no error (an unwinding caller
+// already has one).
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
+  // True when the collective is known to be over (wait() returns at once);
+  // asks nothing of the device.
+  virtual bool done() const = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -33,6 +50,16 @@ class Communicator {
 
   // In place over a contiguous f32/f64/i32/i64 tensor.
   virtual void all_reduce(const Tensor& t, ReduceOp op) = 0;
+  // all_reduce that may still be running when it returns (NCCL: enqueued on
+  // the comm stream behind the compute stream's pending work, so the compute
+  // stream carries on with the backward meanwhile). Every rank starts the same
+  // collectives in the same order, like the blocking calls; no collective of
+  // another communicator may be issued between a start here and another
+  // rank's start of the same collective (docs/distributed.md, "Overlap").
+  // This default runs the blocking all_reduce and returns a finished handle:
+  // MPI's blocking algorithms move large buffers faster than its non-blocking
+  // ones, and a CPU rank has no idle core to overlap with.
+  virtual std::unique_ptr<PendingCollective> all_reduce_start(const Tensor& t, ReduceOp op);
   // Convenience for counters and statistics.
   virtual double all_reduce_scalar(double v, ReduceOp op) = 0;
   virtual int64_t all_reduce_int(int64_t v, ReduceOp op) = 0;

@@ -11,6 +11,8 @@
 // for an event recorded on the compute stream (the buffers' producers), and
 // the compute stream then waits for an event recorded after the collective,
 // so the caching allocator's stream-ordered reuse of freed blocks stays safe.
+// all_reduce_start leaves out the last step until its handle's wait(): the
+// gradient buckets reduce on the comm stream while the backward goes on.
 //
 // Failure. The communicator is non-blocking (ncclConfig_t blocking = 0): the
 // host waits for each collective by polling its completion event and
@@ -70,6 +72,10 @@ class NcclCommunicator final : public Communicator {
   // Buffers: contiguous tensors on this communicator's GPU. all_reduce takes
   // f32, f64, i32, i64, bf16 and f16; the others move any dtype.
   void all_reduce(const Tensor& t, ReduceOp op) override;
+  // Enqueued on the comm stream and returned at once: the compute stream runs
+  // on (the backward) while NCCL reduces. wait() orders the compute stream
+  // after it and polls for its end like the blocking calls (errors, timeout).
+  std::unique_ptr<PendingCollective> all_reduce_start(const Tensor& t, ReduceOp op) override;
   // Through a one-element device buffer (waits for the result).
   double all_reduce_scalar(double v, ReduceOp op) override;
   int64_t all_reduce_int(int64_t v, ReduceOp op) override;

@@ -178,6 +178,7 @@ class Trainer {
   std::unique_ptr<model::TransformerModel> model_;
   std::unique_ptr<Adam> adam_;
   std::unique_ptr<DynamicLossScaler> scaler_;  // fp16 only
+  bool overlap_logged_ = false;  // the first update logs how many buckets overlapped the backward
   std::unique_ptr<LrSchedule> schedule_;
   TrainerState state_;
   std::vector<std::vector<data::ExampleRef>> plan_;  // current epoch's batches
