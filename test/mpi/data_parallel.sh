@@ -12,21 +12,7 @@
 #  4. the communicator unit tests ([dist]) on 3 ranks.
 # Usage: test/mpi/data_parallel.sh BUILD_DIR. Needs mpirun and an MPI build.
 SUITE="mpi data parallel"
-source "$(dirname "$0")/../e2e/lib.sh"
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-PY=/usr/bin/python3  # Debian's, with numpy
-COMPARE=("$PY" "$ROOT/test/mpi/compare_safetensors.py")
-
-if ! command -v mpirun > /dev/null || ! ldd "$BUILD/strata-train" | grep -q libmpi; then
-  echo "  skipped: no mpirun, or strata-train built without MPI (MPI=0)"
-  finish
-  exit $?
-fi
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY)
-# Every run in this suite, killed with the suite.
-trap 'jobs -p | xargs -r kill -9 2>/dev/null; [[ -n "${KEEP_TMP:-}" ]] || rm -rf "$TMP"' EXIT
-
-check "SentencePiece model and binarised corpus" prepare_corpus
+source "$(dirname "$0")/lib.sh"
 TRAIN=("$BUILD/strata-train" "$ROOT/jobs/configs/tiny.yaml"
   --set data.data_dir="$TMP/data" --set data.lang_pairs=en-de,de-en,en-fr,fr-en --set data.valid_subset=dev
   --set train.log_interval=1 --set train.validate_interval_updates=1000 --set train.save_interval_updates=1000
@@ -36,23 +22,12 @@ TRAIN=("$BUILD/strata-train" "$ROOT/jobs/configs/tiny.yaml"
 one() { OMP_NUM_THREADS=2 "${TRAIN[@]}" "$@"; }
 ranks() { local n=$1; shift; "${MPIRUN[@]}" -np "$n" "${TRAIN[@]}" "$@"; }
 
-# same_metrics A B KIND FROM: records of KIND from update FROM on match (every numeric
-# field of a valid record; loss and nll of a train record) to 1e-6 relative.
+# same_metrics A B KIND FROM: loss and nll of train records, every loss, nll, BLEU
+# and chrF field of valid records, to 1e-6 relative.
 same_metrics() {
-  "$PY" - "$@" <<'PY'
-import json, sys
-a_path, b_path, kind, start = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-def load(p):
-    return {r["update"]: r for r in map(json.loads, open(p)) if r.get("kind") == kind and r["update"] >= start}
-a, b = load(a_path), load(b_path)
-if not a or sorted(a) != sorted(b):
-    print(f"  updates differ: {sorted(a)} vs {sorted(b)}"); sys.exit(1)
-keys = ["loss", "nll"] if kind == "train" else [k for k in a[min(a)] if k.startswith(("loss", "nll", "bleu", "chrf"))]
-bad = [(u, k, a[u][k], b[u].get(k)) for u in a for k in keys
-       if b[u].get(k) is None or abs(a[u][k] - b[u][k]) > 1e-6 * max(1.0, abs(a[u][k]))]
-for u, k, x, y in bad[:3]: print(f"  update {u} {k}: {x!r} vs {y!r}")
-sys.exit(1 if bad else 0)
-PY
+  local keys=loss,nll
+  [[ $3 == train ]] || keys='loss*,nll*,bleu*,chrf*'
+  metrics_agree 1e-6 "$keys" "$@"
 }
 state_field() { sed -n "s/^$2: //p" "$1/checkpoint_last/trainer_state.yaml"; }
 
