@@ -1,9 +1,11 @@
 // Scaled dot-product attention: the composed sequence of autograd ops (CPU
-// and GPU fallback) and the fused GPU kernels wrapped in one autograd node.
+// and GPU fallback), and on a GPU cuDNN's fused attention or Strata's fused
+// kernels, each wrapped in one autograd node.
 #include "strata/autograd/ops_attention.h"
 
 #include <algorithm>
 #include <limits>
+#include <string>
 
 #include "strata/autograd/node.h"
 #include "strata/autograd/ops.h"
@@ -11,6 +13,7 @@
 
 #ifdef STRATA_WITH_CUDA
 #include "strata/backend/cuda/attention.h"
+#include "strata/backend/cuda/cudnn_attention.h"
 #endif
 
 namespace strata {
@@ -90,6 +93,32 @@ Tensor fused(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pa
         return {r.dq, r.dk, r.dv};
       });
 }
+
+// cuDNN's fused attention as one node (no dropout: the cuDNN path is only
+// taken with dropout off). Its backward is cuDNN's backward graph; where cuDNN
+// turns that graph down (policy auto), it continues with Strata's fused
+// backward from the saved lse: cuDNN's softmax statistics and the fused
+// kernel's lse are the same quantity (the log-sum-exp of the scaled, masked
+// scores, -inf on rows that see no key), so the fused backward recomputes the
+// same probabilities. The forward output is saved (detached) for cuDNN's
+// dO . O row sums.
+Tensor via_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const backend::cuda::AttentionMask& mask,
+                 const backend::cuda::FusedAttentionForward& f, double scale) {
+  return autograd::record(
+      "scaled_dot_product_attention", f.out, {q, k, v},
+      [qd = q.detach(), kd = k.detach(), vd = v.detach(), od = f.out.detach(), lse = f.lse, mask,
+       scale](const Tensor& g) -> std::vector<Tensor> {
+        const Tensor go = g.dtype() == qd.dtype() ? g : g.to(qd.dtype());
+        std::string why;
+        if (auto r = backend::cuda::cudnn_attention_backward(go, qd, kd, vd, od, lse, mask, scale, &why))
+          return {r->dq, r->dk, r->dv};
+        STRATA_CHECK(backend::cuda::attention_policy() != backend::cuda::AttentionPolicy::Cudnn)
+            << kOp << ": STRATA_ATTENTION=cudnn, but cuDNN's attention backward is unavailable: " << why;
+        backend::cuda::FusedAttentionGrads r =
+            backend::cuda::fused_attention_backward(go, qd, kd, vd, lse, mask, scale, 0.0, PhiloxStream{});
+        return {r.dq, r.dk, r.dv};
+      });
+}
 #endif
 
 }  // namespace
@@ -99,6 +128,22 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                                     bool training, double scale) {
   const Tensor pad = check_inputs(q, k, v, key_padding, dropout_p);
 #ifdef STRATA_WITH_CUDA
+  // GPU order: cuDNN (when the STRATA_ATTENTION policy selects it and it
+  // builds), Strata's fused kernels, the composed ops. The CPU never gets here.
+  if (q.device().is_cuda()) {
+    backend::cuda::AttentionMask mask;
+    mask.key_padding = pad;
+    mask.causal = causal;
+    mask.causal_offset = causal_offset;
+    if (backend::cuda::cudnn_attention_selected(q, k, v, mask, training ? dropout_p : 0.0,
+                                                autograd::any_needs_grad({q, k, v}))) {
+      std::string why;
+      if (auto f = backend::cuda::cudnn_attention_forward(q, k, v, mask, scale, &why))
+        return via_cudnn(q, k, v, mask, *f, scale);
+      STRATA_CHECK(backend::cuda::attention_policy() != backend::cuda::AttentionPolicy::Cudnn)
+          << kOp << ": STRATA_ATTENTION=cudnn, but cuDNN's attention is unavailable: " << why;
+    }
+  }
   if (backend::cuda::fused_attention_supported(q, k, v))
     return fused(q, k, v, pad, causal, causal_offset, dropout_p, stream, training, scale);
 #endif

@@ -3,6 +3,8 @@
 // reference: forward and gradients over a sweep of shapes with and without
 // padding, causality, causal offsets and dropout; 16-bit inputs; rows that
 // see no key; determinism; the fallback for head dims the kernels do not take.
+// Every case runs with STRATA_ATTENTION=strata: under the default policy the
+// dropout-free 16-bit cases would go to cuDNN instead.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -119,6 +121,7 @@ constexpr double kF32Tol = 1e-4;  // the online softmax sums in another order th
 }  // namespace
 
 TEST_CASE("cuda fused attention matches the CPU op over a shape sweep (f32)", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   int idx = 0;
   for (int64_t B : {1, 3})
     for (int64_t H : {1, 4})
@@ -146,6 +149,7 @@ TEST_CASE("cuda fused attention matches the CPU op over a shape sweep (f32)", "[
 }
 
 TEST_CASE("cuda fused attention covers every mask with dropout on each head dim", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   // 24: the only head dim in (16, 32], whose padded-to-32 kernels (the
   // backward ones in particular) nothing else runs
   for (int64_t D : {16, 24, 33, 64, 100, 128})
@@ -166,6 +170,7 @@ TEST_CASE("cuda fused attention covers every mask with dropout on each head dim"
 }
 
 TEST_CASE("cuda fused attention in bf16 and f16 matches the CPU on rounded inputs", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   for (DType dt : {DType::BF16, DType::F16})
     for (int64_t D : {16, 64, 128})
       for (auto tq_tk : std::vector<std::pair<int64_t, int64_t>>{{7, 33}, {130, 130}, {65, 1}}) {
@@ -187,6 +192,7 @@ TEST_CASE("cuda fused attention in bf16 and f16 matches the CPU on rounded input
 }
 
 TEST_CASE("cuda fused attention gives exact zeros for queries that see no key", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   Spec s;
   s.B = 3;
   s.H = 4;
@@ -222,6 +228,7 @@ TEST_CASE("cuda fused attention gives exact zeros for queries that see no key", 
 }
 
 TEST_CASE("cuda fused attention's log-sum-exp is that of the visible scores", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   Spec s;
   s.B = 2;
   s.H = 2;
@@ -268,6 +275,7 @@ TEST_CASE("cuda fused attention's log-sum-exp is that of the visible scores", "[
 }
 
 TEST_CASE("cuda fused attention is deterministic and is what the op runs", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   Spec s;
   s.B = 3;
   s.H = 4;
@@ -297,6 +305,7 @@ TEST_CASE("cuda fused attention is deterministic and is what the op runs", "[cud
 }
 
 TEST_CASE("cuda fused attention reads strided inputs, gradients and masks", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   Spec s;
   s.B = 3;
   s.H = 4;
@@ -334,6 +343,7 @@ TEST_CASE("cuda fused attention reads strided inputs, gradients and masks", "[cu
 
 TEST_CASE("cuda attention falls back to the composed path for head dims and dtypes the kernels do not take",
           "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   Spec s;
   s.B = 3;
   s.H = 2;
@@ -359,6 +369,7 @@ TEST_CASE("cuda attention falls back to the composed path for head dims and dtyp
 }
 
 TEST_CASE("cuda attention refuses inputs on different devices", "[cuda][attention]") {
+  test::ScopedEnv strata_kernels("STRATA_ATTENTION", "strata");  // ours, not cuDNN (test_cudnn_attention.cpp)
   const Tensor q = Tensor::uniform({1, 2, 3, 16}, 1, 0, -1, 1, DType::F32);
   const Tensor k = Tensor::uniform({1, 2, 5, 16}, 2, 0, -1, 1, DType::F32);
   REQUIRE_THROWS_WITH(scaled_dot_product_attention(gpu(q), k, gpu(k), Tensor(), false, 0, 0.0, kStream, false, 1.0),

@@ -73,22 +73,6 @@ class HostOnly final : public dist::Communicator {
   std::unique_ptr<Communicator> split(int, int) override { return std::make_unique<HostOnly>(); }
 };
 
-struct ScopedEnv {
-  std::string name, old;
-  bool had;
-  ScopedEnv(const char* n, const char* v) : name(n) {
-    const char* o = std::getenv(n);
-    had = o != nullptr;
-    if (had) old = o;
-    setenv(n, v, 1);
-  }
-  ~ScopedEnv() {
-    if (had)
-      setenv(name.c_str(), old.c_str(), 1);
-    else
-      unsetenv(name.c_str());
-  }
-};
 
 }  // namespace
 
@@ -325,19 +309,19 @@ TEST_CASE("Host communicators refuse GPU buffers; LocalCommunicator copies on ei
 
 TEST_CASE("NcclOptions read the timeout from STRATA_NCCL_TIMEOUT_S", "[cuda][nccl]") {
   {
-    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", "12.5");
+    test::ScopedEnv e("STRATA_NCCL_TIMEOUT_S", "12.5");
     CHECK(dist::NcclOptions::from_env().timeout_s == 12.5);
   }
   {
-    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", "soon");
+    test::ScopedEnv e("STRATA_NCCL_TIMEOUT_S", "soon");
     REQUIRE_THROWS_WITH(dist::NcclOptions::from_env(), Catch::Contains("STRATA_NCCL_TIMEOUT_S"));
   }
   {
-    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", ""), c("STRATA_COLLECTIVE_TIMEOUT", "");
+    test::ScopedEnv e("STRATA_NCCL_TIMEOUT_S", ""), c("STRATA_COLLECTIVE_TIMEOUT", "");
     CHECK(dist::NcclOptions::from_env().timeout_s == 600);
   }
   {  // the job-wide collective timeout applies to NCCL too when the NCCL one is unset
-    ScopedEnv e("STRATA_NCCL_TIMEOUT_S", ""), c("STRATA_COLLECTIVE_TIMEOUT", "7");
+    test::ScopedEnv e("STRATA_NCCL_TIMEOUT_S", ""), c("STRATA_COLLECTIVE_TIMEOUT", "7");
     CHECK(dist::NcclOptions::from_env().timeout_s == 7);
   }
 }

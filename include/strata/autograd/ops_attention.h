@@ -16,10 +16,22 @@
 // On the CPU (and on a GPU for the inputs the fused kernels do not take:
 // f64, D > 128) this is exactly that composed sequence of autograd ops, so it
 // reproduces MultiheadAttention's composed attention bit for bit when called
-// with the same (pre-scaled q, scale 1) inputs. On a GPU, f32/bf16/f16 with
-// D <= 128 run the fused kernels of backend/cuda/attention.h (same masks and
-// the same dropout draws; f32 arithmetic, so equal to the composed result to
-// rounding).
+// with the same (pre-scaled q, scale 1) inputs. On a GPU the order is:
+//  1. cuDNN's fused flash attention (backend/cuda/cudnn_attention.h) when the
+//     STRATA_ATTENTION policy selects it (auto, the default: wherever cuDNN
+//     takes the case and autograd records no backward, single-query decoding
+//     steps excepted, so training keeps the fused kernels' deterministic
+//     backward; cudnn: always, else a one-line error; strata: never)
+//     and its graph builds: bf16/f16, D % 8 == 0, D <= 128, compute
+//     capability 8.0+, cuDNN 9, dropout off (cuDNN cannot draw Strata's
+//     Philox dropout), causal offset 0 with Tq == Tk or Tk - Tq. Its node's
+//     backward is cuDNN's, or the fused kernels' from the same lse where cuDNN
+//     turns the backward graph down. cuDNN rounds the probabilities (and dS)
+//     to the 16-bit type before the second matmuls, as flash attention does;
+//  2. the fused kernels of backend/cuda/attention.h for f32/bf16/f16 with
+//     D <= 128 (same masks and the same dropout draws; f32 arithmetic, so
+//     equal to the composed result to rounding);
+//  3. the composed ops.
 #pragma once
 #include <cstdint>
 
