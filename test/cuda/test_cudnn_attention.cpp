@@ -234,11 +234,22 @@ void check_exact_zeros(const Case& c, const Data& d, const Result& r, const std:
   if (c.full_pad || (c.prefix_pad && c.causal)) REQUIRE(hidden_rows > 0);  // the case exercises it
 }
 
+// A GPU and a cuDNN runtime that cuDNN attention is meant to run on: 8.0+, and
+// a runtime the refusal rules admit (9.0+, not 9.10.0/9.10.1). Elsewhere the
+// cases are skipped with a warning: the refusal is the documented behaviour
+// there, not a defect.
 bool cudnn_capable_gpu() {
   const cuda::Context& ctx = cuda::context();
-  if (ctx.cc_major >= 8) return true;
-  WARN("compute capability " << ctx.cc_major << "." << ctx.cc_minor << ": cuDNN flash attention needs 8.0+");
-  return false;
+  if (ctx.cc_major < 8) {
+    WARN("compute capability " << ctx.cc_major << "." << ctx.cc_minor << ": cuDNN flash attention needs 8.0+");
+    return false;
+  }
+  const int64_t v = bc::cudnn_runtime_version();
+  if (v < 90000 || v == 91000 || v == 91001) {
+    WARN("cuDNN runtime " << v << ": cuDNN attention is refused there (needs 9.0+, not 9.10.0/9.10.1)");
+    return false;
+  }
+  return true;
 }
 
 std::vector<Case> standard_cases() {
@@ -312,15 +323,26 @@ void check_case(const Case& c, DType dt, uint64_t seed, bool require_available) 
 
 }  // namespace
 
-TEST_CASE("cuDNN attention takes the standard cases and matches the CPU and the fused kernel",
+// One test case per dtype: each builds a few plans (runtime compilation), and
+// the device check counts a test case silent for a minute as hung.
+TEST_CASE("cuDNN attention takes the standard cases in bf16 and matches the CPU and the fused kernel",
           "[cuda][attention][cudnn]") {
   if (!cudnn_capable_gpu()) return;
   uint64_t seed = 4100;
-  for (DType dt : {DType::BF16, DType::F16})
-    for (const Case& c : standard_cases()) {
-      check_case(c, dt, seed, true);
-      seed += 8;
-    }
+  for (const Case& c : standard_cases()) {
+    check_case(c, DType::BF16, seed, true);
+    seed += 8;
+  }
+}
+
+TEST_CASE("cuDNN attention takes the standard cases in f16 and matches the CPU and the fused kernel",
+          "[cuda][attention][cudnn]") {
+  if (!cudnn_capable_gpu()) return;
+  uint64_t seed = 4200;
+  for (const Case& c : standard_cases()) {
+    check_case(c, DType::F16, seed, true);
+    seed += 8;
+  }
 }
 
 TEST_CASE("cuDNN attention reads strided inputs and gradients", "[cuda][attention][cudnn]") {

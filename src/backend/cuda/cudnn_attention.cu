@@ -126,7 +126,7 @@ std::string refusal(const Tensor& q, const Tensor& k, const Tensor& v, const Att
     return why.str();
   }
   const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
-  if (D % 8 != 0 || D > 128) {
+  if (D == 0 || D % 8 != 0 || D > 128) {
     why << "head dim " << D << " (cuDNN attention needs a multiple of 8, at most 128)";
     return why.str();
   }
@@ -496,16 +496,20 @@ class GraphBuilder {
 // ------------------------------------------------------------ graphs
 
 // The ways the bias (a [B, Tk] buffer, rows ld apart) is declared to cuDNN,
-// tried in this order until one builds: as [B,1,1,Tk], broadcast by the
-// pointwise add; as [B,1,Tq,Tk] with a zero query stride (the expanded mask
-// PyTorch passes); as [B,H,Tq,Tk] with zero head and query strides (the full
-// shape every engine takes a bias in).
+// tried in this order until one builds: as [B,1,Tq,Tk] with a zero query
+// stride first, because that is what PyTorch passes (its cuDNN SDPA expands
+// every attn_mask to [B, 1 or H, Tq, Tk] before building the graph), so it is
+// the form the engines of every 9.x runtime have been exercised with; then as
+// [B,H,Tq,Tk] with zero head and query strides (the full shape); last as
+// [B,1,1,Tk], broadcast by the pointwise add, which no known caller uses (an
+// engine that took it but read the query dim wrong would compute garbage, so
+// it is only a last resort).
 constexpr int kBiasLayouts = 3;
 const char* bias_layout_name(int layout) {
   switch (layout) {
-    case 0: return "[B,1,1,Tk]";
-    case 1: return "[B,1,Tq,Tk] (query stride 0)";
-    default: return "[B,H,Tq,Tk] (head, query strides 0)";
+    case 0: return "[B,1,Tq,Tk] (query stride 0)";
+    case 1: return "[B,H,Tq,Tk] (head, query strides 0)";
+    default: return "[B,1,1,Tk]";
   }
 }
 
@@ -576,19 +580,24 @@ Dims kt_strides(const Dims& s) { return {s[0], s[1], s[3], s[2]}; }  // K^T: the
 T4 bias_tensor(GraphBuilder& g, const Spec& s) {
   const int64_t ld = bias_ld(s.Tk);
   switch (s.bias_layout) {
-    case 0: return g.real(kBias, g.io(), {s.B, 1, 1, s.Tk}, {ld, ld, ld, 1});
-    case 1: return g.real(kBias, g.io(), {s.B, 1, s.Tq, s.Tk}, {ld, ld, 0, 1});
-    default: return g.real(kBias, g.io(), {s.B, s.H, s.Tq, s.Tk}, {ld, 0, 0, 1});
+    case 0: return g.real(kBias, g.io(), {s.B, 1, s.Tq, s.Tk}, {ld, ld, 0, 1});
+    case 1: return g.real(kBias, g.io(), {s.B, s.H, s.Tq, s.Tk}, {ld, 0, 0, 1});
+    default: return g.real(kBias, g.io(), {s.B, 1, 1, s.Tk}, {ld, ld, ld, 1});
   }
 }
 
 // score with causally hidden entries replaced by the mask value: keep (row + Tk
-// - Tq >= col) for bottom-right alignment, (row >= col) for top-left.
-T4 causal_mask(GraphBuilder& g, const Spec& s, const T4& score, const T4& neg) {
+// - Tq >= col) for bottom-right alignment, (row >= col) for top-left. Tk and Tq
+// come from the graph's [B,1,1,1] sequence-length tensors where it has them
+// (the backward's padding workaround), else by value: cudnn_frontend's
+// bottom-right mask uses SEQ_LEN_Q/SEQ_LEN_KV whenever they are set.
+T4 causal_mask(GraphBuilder& g, const Spec& s, const T4& score, const T4& neg, const T4* seq_q = nullptr,
+               const T4* seq_kv = nullptr) {
   T4 row = g.virt(CUDNN_DATA_INT32, score.dims);
   g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_INT32, score, nullptr, nullptr, row, 2);
   if (s.causal == Causal::BottomRight) {
-    const T4 skv = g.by_value(kSkv, CUDNN_DATA_INT32), sq = g.by_value(kSq, CUDNN_DATA_INT32);
+    const T4 skv = seq_kv != nullptr ? *seq_kv : g.by_value(kSkv, CUDNN_DATA_INT32);
+    const T4 sq = seq_q != nullptr ? *seq_q : g.by_value(kSq, CUDNN_DATA_INT32);
     const T4 plus = g.virt(CUDNN_DATA_INT32, score.dims), shifted = g.virt(CUDNN_DATA_INT32, score.dims);
     g.binary(CUDNN_POINTWISE_ADD, row, skv, plus, CUDNN_DATA_INT32);
     g.binary(CUDNN_POINTWISE_SUB, plus, sq, shifted, CUDNN_DATA_INT32);
@@ -702,7 +711,7 @@ void backward_graph(GraphBuilder& g, const Spec& s) {
   T4 centred = g.virt(CUDNN_DATA_FLOAT, sdims);
   g.binary(CUDNN_POINTWISE_SUB, score, stats, centred);
   if (s.padding_workaround && ver < 91000) centred = padding_mask(g, centred, seq_q, seq_kv, neg);
-  if (s.causal != Causal::None) centred = causal_mask(g, s, centred, neg);
+  if (s.causal != Causal::None) centred = causal_mask(g, s, centred, neg, mq, mkv);
   const T4 p = g.virt(CUDNN_DATA_FLOAT, sdims);
   g.unary(CUDNN_POINTWISE_EXP, centred, p);
 
@@ -1128,7 +1137,7 @@ std::optional<FusedAttentionGrads> backward(const Tensor& g, const Tensor& q, co
     // without padding every query sees a key (the causal masks taken keep
     // key 0 or more in every row), so lse is finite everywhere
     dout = contiguous_for_cudnn(g);
-    stats = lse;
+    stats = contiguous_for_cudnn(lse);  // the plan promises cuDNN 16-byte aligned statistics
   }
   const Tensor o = contiguous_for_cudnn(out);
   FusedAttentionGrads r;
