@@ -479,9 +479,11 @@ UpdateStats Trainer::train_update() {
   // the backward runs its own all-to-alls, and a bucket started between two
   // of them on one rank but not on another would deadlock the comm stream,
   // so the buckets go after the backward there (docs/distributed.md, "Overlap").
+  dist::GradSyncOptions buckets;
+  buckets.bucket_bytes = size_t(cfg_.train.grad_bucket_mb * double(1 << 20));
   std::unique_ptr<dist::GradientReducer> overlapped;
   if (comm_->size() > 1 && !expert_parallel(cfg_, *comm_))
-    overlapped = std::make_unique<dist::GradientReducer>(coll, model_->named_parameters());
+    overlapped = std::make_unique<dist::GradientReducer>(coll, model_->named_parameters(), dist::ParamFilter(), buckets);
   auto batches = window_batches();
   for (size_t bi = 0; bi < batches.size(); ++bi) {
     auto& refs = batches[bi].second;
@@ -547,9 +549,9 @@ UpdateStats Trainer::train_update() {
     // their own all-to-all groups: summed over the replicas they hold every
     // token, scaled below by the global count like the shared weights.
     if (expert_parallel(cfg_, *comm_)) {
-      dist::all_reduce_gradients(coll, model_->named_parameters(), is_shared_param);
+      dist::all_reduce_gradients(coll, model_->named_parameters(), is_shared_param, buckets);
       if (groups_->placement.replicas > 1)
-        dist::all_reduce_gradients(*groups_->replica, model_->named_parameters(), is_expert_param);
+        dist::all_reduce_gradients(*groups_->replica, model_->named_parameters(), is_expert_param, buckets);
     } else {
       const dist::GradSyncStats gs = overlapped->finish();
       if (!overlap_logged_) {

@@ -133,6 +133,7 @@ struct TrainOptions {
   double label_smoothing = 0.1;
   SmoothingForm label_smoothing_form = SmoothingForm::Moe;
   int update_freq = 1;  // batches accumulated per update
+  double grad_bucket_mb = 4.0;  // gradient all-reduce bucket size (MiB) with several ranks
   int max_update = 100000;
   int max_epoch = 0;              // 0 = no limit
   double max_time_minutes = 0.0;  // 0 = no limit
