@@ -125,7 +125,6 @@ std::vector<Bucket> plan_buckets(const std::vector<std::pair<DType, int64_t>>& p
 struct GradientReducer::State {
   Communicator& comm;
   NamedTensors params;
-  GradSyncOptions options;
   std::vector<size_t> order;  // indices into params, in bucket order
   std::vector<Bucket> buckets;
   std::unordered_map<const TensorImpl*, size_t> position;  // parameter -> position in order
@@ -146,9 +145,20 @@ struct GradientReducer::State {
   bool finished = false;
   Device device = Device::cpu();
 
-  State(Communicator& c, NamedTensors p, GradSyncOptions o) : comm(c), params(std::move(p)), options(o) {}
+  State(Communicator& c, NamedTensors p) : comm(c), params(std::move(p)) {}
 
   const std::pair<std::string, Tensor>& param_at(size_t pos) const { return params[order[pos]]; }
+
+  // fn(position, parameter, its slice of `flat`) for each parameter of bucket k.
+  template <class Fn>
+  void for_each_slice(size_t k, const Tensor& flat, Fn&& fn) const {
+    int64_t off = 0;
+    for (size_t pos : buckets[k].params) {
+      const Tensor& p = param_at(pos).second;
+      fn(pos, p, flat.narrow(0, off, p.numel()).view(p.shape()));
+      off += p.numel();
+    }
+  }
 
   void start(size_t k) {
     const Bucket& b = buckets[k];
@@ -166,16 +176,12 @@ struct GradientReducer::State {
     else
       f.flat = Tensor::empty({b.numel}, b.dtype, device);
     spare = Tensor();
-    int64_t off = 0;
-    for (size_t pos : b.params) {
-      const Tensor& p = param_at(pos).second;
-      Tensor slice = f.flat.narrow(0, off, p.numel()).view(p.shape());
+    for_each_slice(k, f.flat, [&](size_t pos, const Tensor& p, const Tensor& slice) {
       if (had_grad[pos])
         copy_into(slice, p.grad());
       else
         zero_into(slice);
-      off += p.numel();
-    }
+    });
     f.pending = comm.all_reduce_start(f.flat, ReduceOp::Sum);
   }
 
@@ -187,16 +193,12 @@ struct GradientReducer::State {
     f.pending->wait();
     f.written = true;
     if (!f.flat.defined()) return;  // reduced in place
-    int64_t off = 0;
-    for (size_t pos : buckets[k].params) {
-      const Tensor& p = param_at(pos).second;
-      Tensor slice = f.flat.narrow(0, off, p.numel()).view(p.shape());
+    for_each_slice(k, f.flat, [&](size_t pos, const Tensor& p, const Tensor& slice) {
       if (had_grad[pos])
         copy_into(p.grad(), slice);
       else
         stash[pos] = fresh_copy(slice);
-      off += p.numel();
-    }
+    });
     // Reused by the next bucket: the collective is over and, on a GPU, the
     // compute stream (which fills the next bucket) is ordered after it.
     if (!spare.defined() || spare.numel() < f.flat.numel()) spare = f.flat;
@@ -217,7 +219,7 @@ struct GradientReducer::State {
 
 GradientReducer::GradientReducer(Communicator& comm, const NamedTensors& params, const ParamFilter& select,
                                  const GradSyncOptions& options)
-    : s_(std::make_unique<State>(comm, params, options)) {
+    : s_(std::make_unique<State>(comm, params)) {
   State& st = *s_;
   std::vector<size_t> sel = selected(st.params, select);
   st.order.assign(sel.rbegin(), sel.rend());
