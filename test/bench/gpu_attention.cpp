@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 
+#include "../scoped_env.h"
 #include "strata/autograd/ops.h"
 #include "strata/autograd/ops_attention.h"
 #include "strata/backend/cuda/attention.h"
@@ -65,22 +66,8 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
 }
 
 // STRATA_ATTENTION for the duration of one measurement.
-class ScopedPolicy {
- public:
-  explicit ScopedPolicy(const char* value) {
-    const char* old = std::getenv("STRATA_ATTENTION");
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    setenv("STRATA_ATTENTION", value, 1);
-  }
-  ~ScopedPolicy() {
-    if (had_) setenv("STRATA_ATTENTION", old_.c_str(), 1);
-    else unsetenv("STRATA_ATTENTION");
-  }
-
- private:
-  bool had_ = false;
-  std::string old_;
+struct ScopedPolicy : test::ScopedEnv {
+  explicit ScopedPolicy(const char* value) : ScopedEnv("STRATA_ATTENTION", value) {}
 };
 
 std::string cell(const std::optional<double>& v, const char* fmt) {

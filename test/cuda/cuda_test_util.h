@@ -3,9 +3,9 @@
 #pragma once
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <cstdlib>
 #include <string>
 
+#include "../scoped_env.h"
 #include "strata/backend/cuda/context.h"
 #include "strata/core/tensor.h"
 
@@ -52,31 +52,5 @@ inline void require_close(const Tensor& cpu_result, const Tensor& gpu_result, do
   REQUIRE(bad == 0);
 }
 
-// Sets (value) or unsets (nullptr) an environment variable for one scope;
-// the old state comes back after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    const char* old = std::getenv(name);
-    had_ = old != nullptr;
-    if (had_) old_ = old;
-    if (value != nullptr)
-      setenv(name, value, 1);
-    else
-      unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (had_)
-      setenv(name_.c_str(), old_.c_str(), 1);
-    else
-      unsetenv(name_.c_str());
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_, old_;
-  bool had_ = false;
-};
 
 }  // namespace strata::test

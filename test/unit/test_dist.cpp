@@ -17,6 +17,7 @@
 #include "strata/dist/grad_sync.h"
 #include "strata/dist/groups.h"
 #include "strata/train/trainer.h"
+#include "../scoped_env.h"
 #include "test_util.h"
 
 #ifdef STRATA_WITH_MPI
@@ -44,27 +45,6 @@ Tensor iota(int64_t n, double base, DType dt) {
   return t.to(dt);
 }
 
-// Sets an environment variable for one scope.
-struct ScopedEnv {
-  std::string name;
-  std::string old;
-  bool had;
-  ScopedEnv(const char* n, const char* v) : name(n) {
-    const char* o = std::getenv(n);
-    had = o != nullptr;
-    if (had) old = o;
-    if (v)
-      setenv(n, v, 1);
-    else
-      unsetenv(n);
-  }
-  ~ScopedEnv() {
-    if (had)
-      setenv(name.c_str(), old.c_str(), 1);
-    else
-      unsetenv(name.c_str());
-  }
-};
 
 }  // namespace
 
@@ -625,17 +605,17 @@ TEST_CASE("detect_launch reads the MPI launchers' variables", "[dist]") {
 #ifdef STRATA_WITH_MPI
 TEST_CASE("MpiOptions read the timeout and wait mode from the environment", "[dist]") {
   {
-    ScopedEnv t("STRATA_COLLECTIVE_TIMEOUT", "12.5"), w("STRATA_MPI_WAIT", "block");
+    test::ScopedEnv t("STRATA_COLLECTIVE_TIMEOUT", "12.5"), w("STRATA_MPI_WAIT", "block");
     dist::MpiOptions o = dist::MpiOptions::from_env();
     REQUIRE(o.timeout_s == 12.5);
     REQUIRE(o.wait == dist::MpiOptions::Wait::Block);
   }
   {
-    ScopedEnv t("STRATA_COLLECTIVE_TIMEOUT", "soon");
+    test::ScopedEnv t("STRATA_COLLECTIVE_TIMEOUT", "soon");
     REQUIRE_THROWS_WITH(dist::MpiOptions::from_env(), Catch::Contains("STRATA_COLLECTIVE_TIMEOUT"));
   }
   {
-    ScopedEnv t("STRATA_COLLECTIVE_TIMEOUT", nullptr), w("STRATA_MPI_WAIT", "spin");
+    test::ScopedEnv t("STRATA_COLLECTIVE_TIMEOUT", nullptr), w("STRATA_MPI_WAIT", "spin");
     REQUIRE_THROWS_WITH(dist::MpiOptions::from_env(), Catch::Contains("STRATA_MPI_WAIT"));
   }
 }
@@ -665,18 +645,18 @@ TEST_CASE("Batch random streams depend on the update and the slot, not on the ra
 }
 
 TEST_CASE("Test hooks come from the environment and are off by default", "[dist]") {
-  ScopedEnv a("STRATA_TEST_FAIL_RANK", nullptr), b("STRATA_TEST_FAIL_UPDATE", nullptr),
+  test::ScopedEnv a("STRATA_TEST_FAIL_RANK", nullptr), b("STRATA_TEST_FAIL_UPDATE", nullptr),
       c("STRATA_TEST_HANG_RANK", nullptr), d("STRATA_TEST_PERTURB_RANK", nullptr);
   train::TestHooks h = train::TestHooks::from_env();
   REQUIRE(h.fail_rank == -1);
   REQUIRE(h.hang_rank == -1);
   REQUIRE(h.perturb_rank == -1);
   {
-    ScopedEnv x("STRATA_TEST_FAIL_RANK", "1"), y("STRATA_TEST_FAIL_UPDATE", "3");
+    test::ScopedEnv x("STRATA_TEST_FAIL_RANK", "1"), y("STRATA_TEST_FAIL_UPDATE", "3");
     h = train::TestHooks::from_env();
     REQUIRE(h.fail_rank == 1);
     REQUIRE(h.fail_update == 3);
   }
-  ScopedEnv z("STRATA_TEST_HANG_RANK", "one");
+  test::ScopedEnv z("STRATA_TEST_HANG_RANK", "one");
   REQUIRE_THROWS_WITH(train::TestHooks::from_env(), Catch::Contains("STRATA_TEST_HANG_RANK"));
 }
