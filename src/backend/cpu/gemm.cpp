@@ -16,6 +16,7 @@
 #include <mutex>
 
 #include "strata/backend/blas_layout.h"
+#include "strata/backend/gemm_operands.h"
 #include "strata/core/dispatch.h"
 
 #ifdef STRATA_WITH_CUDA
@@ -123,16 +124,12 @@ Operand prepare(const Tensor& t, bool trans) {
   return o;
 }
 
-std::string operand_str(const Tensor& t, bool trans) { return shape_str(t.shape()) + (trans ? "^T" : ""); }
+using Dims = GemmDims;
+std::string operand_str(const Tensor& t, bool trans) { return gemm_operand_str(t, trans); }
 
-// Shared validation: ranks, device, dtypes and inner dimensions. Returns (M, N, K).
-struct Dims {
-  int64_t M, N, K;
-};
+// Ranks, device, dtypes and inner dimensions. Returns (M, N, K).
 Dims check_operands(const char* op, const Tensor& a, const Tensor& b, bool ta, bool tb, int64_t rank) {
-  STRATA_CHECK(a.defined() && b.defined()) << op << ": undefined operand";
-  STRATA_CHECK(a.dim() == rank && b.dim() == rank)
-      << op << ": expected " << rank << "-D operands, got " << operand_str(a, ta) << " @ " << operand_str(b, tb);
+  check_gemm_ranks(op, a, b, ta, tb, rank);
   STRATA_CHECK(a.device().is_cpu() && b.device().is_cpu())
       << op << ": operands on " << a.device().str() << " and " << b.device().str() << " need the CUDA backend";
   STRATA_CHECK(a.dtype() == b.dtype()) << op << ": dtypes differ: " << dtype_name(a.dtype()) << " @ "
@@ -140,22 +137,7 @@ Dims check_operands(const char* op, const Tensor& a, const Tensor& b, bool ta, b
                                        << operand_str(b, tb) << ")";
   STRATA_CHECK(a.dtype() == DType::F32 || a.dtype() == DType::F64)
       << op << ": expected f32 or f64 operands, got " << dtype_name(a.dtype());
-  const int64_t r = rank - 2;
-  if (rank == 3) {
-    STRATA_CHECK(a.shape()[0] == b.shape()[0])
-        << op << ": batch sizes differ: " << operand_str(a, ta) << " @ " << operand_str(b, tb);
-  }
-  Dims d;
-  d.M = a.shape()[r + (ta ? 1 : 0)];
-  d.K = a.shape()[r + (ta ? 0 : 1)];
-  const int64_t kb = b.shape()[r + (tb ? 1 : 0)];
-  d.N = b.shape()[r + (tb ? 0 : 1)];
-  STRATA_CHECK(d.K == kb) << op << ": inner dimensions differ: " << operand_str(a, ta) << " @ "
-                          << operand_str(b, tb);
-  STRATA_CHECK(d.M <= INT_MAX && d.N <= INT_MAX && d.K <= INT_MAX)
-      << op << ": a dimension of " << operand_str(a, ta) << " @ " << operand_str(b, tb)
-      << " exceeds the 32-bit BLAS interface";
-  return d;
+  return gemm_dims(op, a, b, ta, tb, rank, "BLAS");
 }
 
 // out[M,N] (row-major, leading dimension ldc) = alpha * op(a) @ op(b) + beta * out.

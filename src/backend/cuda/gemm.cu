@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "strata/backend/blas_layout.h"
+#include "strata/backend/gemm_operands.h"
 #include "strata/backend/cuda/kernel_utils.cuh"
 #include "strata/backend/functors.h"
 #include "strata/core/dispatch.h"
@@ -152,11 +153,8 @@ Operand prepare(const Tensor& t, bool trans) {
   return o;
 }
 
-std::string operand_str(const Tensor& t, bool trans) { return shape_str(t.shape()) + (trans ? "^T" : ""); }
-
-struct Dims {
-  int64_t M, N, K;
-};
+using Dims = GemmDims;
+std::string operand_str(const Tensor& t, bool trans) { return gemm_operand_str(t, trans); }
 
 bool gpu_float(DType dt) {
   return dt == DType::F32 || dt == DType::F64 || dt == DType::F16 || dt == DType::BF16;
@@ -164,9 +162,7 @@ bool gpu_float(DType dt) {
 
 // Ranks, devices, dtypes and inner dimensions; returns (M, N, K).
 Dims check_operands(const char* op, const Tensor& a, const Tensor& b, bool ta, bool tb, int64_t rank) {
-  STRATA_CHECK(a.defined() && b.defined()) << op << ": undefined operand";
-  STRATA_CHECK(a.dim() == rank && b.dim() == rank)
-      << op << ": expected " << rank << "-D operands, got " << operand_str(a, ta) << " @ " << operand_str(b, tb);
+  check_gemm_ranks(op, a, b, ta, tb, rank);
   STRATA_CHECK(a.device().is_cuda() && a.device() == b.device())
       << op << ": operands on " << a.device().str() << " and " << b.device().str() << " must be on one GPU";
   STRATA_CHECK(a.dtype() == b.dtype()) << op << ": dtypes differ: " << dtype_name(a.dtype()) << " @ "
@@ -174,22 +170,9 @@ Dims check_operands(const char* op, const Tensor& a, const Tensor& b, bool ta, b
                                        << operand_str(b, tb) << ")";
   STRATA_CHECK(gpu_float(a.dtype())) << op << ": expected f32, f64, f16 or bf16 operands, got "
                                      << dtype_name(a.dtype());
-  const size_t r = size_t(rank - 2);
-  if (rank == 3) {
-    STRATA_CHECK(a.shape()[0] == b.shape()[0])
-        << op << ": batch sizes differ: " << operand_str(a, ta) << " @ " << operand_str(b, tb);
-    STRATA_CHECK(a.shape()[0] <= INT_MAX) << op << ": batch of " << a.shape()[0] << " exceeds the cuBLAS interface";
-  }
-  Dims d;
-  d.M = a.shape()[r + (ta ? 1 : 0)];
-  d.K = a.shape()[r + (ta ? 0 : 1)];
-  const int64_t kb = b.shape()[r + (tb ? 1 : 0)];
-  d.N = b.shape()[r + (tb ? 0 : 1)];
-  STRATA_CHECK(d.K == kb) << op << ": inner dimensions differ: " << operand_str(a, ta) << " @ "
-                          << operand_str(b, tb);
-  STRATA_CHECK(d.M <= INT_MAX && d.N <= INT_MAX && d.K <= INT_MAX)
-      << op << ": a dimension of " << operand_str(a, ta) << " @ " << operand_str(b, tb)
-      << " exceeds the 32-bit cuBLAS interface";
+  const Dims d = gemm_dims(op, a, b, ta, tb, rank, "cuBLAS");
+  STRATA_CHECK(rank != 3 || a.shape()[0] <= INT_MAX)
+      << op << ": batch of " << a.shape()[0] << " exceeds the cuBLAS interface";
   return d;
 }
 
