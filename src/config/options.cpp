@@ -200,7 +200,8 @@ void describe(OptionRegistry& r, TrainOptions& o) {
          "moe = eps/V on every class (reference criterion), fairseq = eps/(V-1) on the others");
   r.add("update_freq", o.update_freq, "batches accumulated per update", positive<int>());
   r.add("grad_bucket_mb", o.grad_bucket_mb,
-        "gradient all-reduce bucket size in MiB with several ranks (one all-reduce per bucket)", positive<double>());
+        "gradient all-reduce bucket size in MiB with several ranks (one all-reduce per bucket)",
+        Check<double>{"in (0, 1024]", [](const double& v) { return v > 0 && v <= 1024; }});
   r.add("max_update", o.max_update, "stop after this many updates; 0 = no limit", non_negative<int>());
   r.add("max_epoch", o.max_epoch, "stop after this many epochs; 0 = no limit", non_negative<int>());
   r.add("max_time_minutes", o.max_time_minutes, "stop (with a checkpoint) after this long; 0 = no limit",

@@ -217,6 +217,8 @@ TEST_CASE("A value of the wrong type or range names the key, the expectation and
     REQUIRE_THROWS_WITH(from("lr: -1\n"), "config.yaml:1: key 'lr' expects a number > 0, got '-1'");
     REQUIRE_THROWS_WITH(from("lr: .nan\n"), Contains("key 'lr' expects a number > 0"));
     REQUIRE_THROWS_WITH(from("cmr_target: 1.5\n"), Contains("expects a number in [0, 1], got '1.5'"));
+    REQUIRE_THROWS_WITH(from("grad_bucket_mb: 0\n"), Contains("key 'grad_bucket_mb' expects a number in (0, 1024], got '0'"));
+    REQUIRE_THROWS_WITH(from("grad_bucket_mb: 2048\n"), Contains("expects a number in (0, 1024], got '2048'"));
     REQUIRE_THROWS_WITH(from("eval_capacity_token_fraction: 0\n"), Contains("expects a number other than 0, got '0'"));
   }
   SECTION("integers") {
